@@ -1,0 +1,118 @@
+"""Shared base config: every config file imports this and overrides what differs.
+
+Values are the simple diffusion paper's ImageNet U-ViT recipe (REFERENCE.md sections 4 and 5)
+unless a comment says otherwise. Fields marked (unverified) come from secondary sources.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the base ConfigDict (ImageNet 512 U-ViT defaults)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # Global seed: params init, per-step noise (fold_in(key, step)), data order.
+
+    # ---------------------------------------------------------------- model (issue 3)
+    c.model = ml_collections.ConfigDict()
+    m = c.model
+    m.arch = "uvit"  # 'uvit' | 'residual_uvit' (SiD2) | 'unet' (paper's baseline).
+    m.image_size = 512  # Resolution of the images the model sees.
+    m.image_channels = 3  # RGB.
+    m.input_transform = "dwt2"  # 'none' | 'dwt1' | 'dwt2' (Haar) | 'patch' (space-to-depth); paper: DWT-2 at 512.
+    m.patch_size = 4  # Space-to-depth patch size when input_transform == 'patch'.
+    m.base_channels = 128  # Paper appendix: 128 channels on the first level.
+    m.channel_multipliers = (1, 2, 4, 16)  # Paper: 128/256/512 on conv levels, 2048 at the transformer.
+    m.num_res_blocks = 2  # ResNet blocks per conv level on the way down (paper: 2).
+    m.transformer_depth = 36  # Transformer blocks at 16x16 (paper 512 U-ViT: 36).
+    m.num_heads = 4  # Attention heads in the transformer stack (paper: 4).
+    m.mlp_ratio = 4  # Transformer MLP hidden width / model width (standard ViT value).
+    m.emb_dim = 1024  # Conditioning embedding width (logSNR + class), paper: 1024.
+    m.dropout = 0.2  # Dropout rate (paper 512: 0.2).
+    m.dropout_max_resolution = 16  # Dropout only at this resolution and below (paper: 16x16).
+    m.attention_resolutions = (16, 8)  # U-Net only: self-attention at these resolutions (paper).
+    m.num_classes = 1000  # Class labels 0..num_classes-1; label num_classes is the null label.
+    m.prediction = "v"  # 'v' | 'eps': what the network outputs (paper: v).
+    m.dtype = "bfloat16"  # Compute dtype; params stay float32. Use float32 on CPU.
+    m.remat = "none"  # 'none' | 'transformer' | 'all': jax.checkpoint on blocks to save memory.
+
+    # ------------------------------------------------------------ diffusion (issue 2)
+    c.diffusion = ml_collections.ConfigDict()
+    d = c.diffusion
+    d.schedule = "shifted_cosine"  # 'cosine' | 'shifted_cosine' | 'interpolated_cosine'.
+    d.noise_d = 64  # Base resolution of the shifted schedule (paper text: 64).
+    d.noise_d_low = 32  # Interpolated schedule: shift used at t = 0 (eq. 6).
+    d.noise_d_high = 256  # Interpolated schedule: shift used at t = 1 (eq. 6).
+    d.logsnr_min = -15.0  # Clip of the cosine schedule (paper).
+    d.logsnr_max = 15.0  # Clip of the cosine schedule (paper).
+    d.time_sampling = "uniform"  # 'uniform' | 'stratified' (low-discrepancy) t per batch.
+    d.loss = "v_mse"  # 'v_mse' (U-ViT) | 'eps_mse' (U-Net).
+    d.multiscale = True  # Multiscale loss (paper: on at 512 and 1024, off at <= 256).
+    d.multiscale_min_size = 32  # Smallest pooled size of the multiscale loss (paper: 32).
+    d.multiscale_weighting = "inverse_size"  # 1/s per scale, normalised to sum 1 (unverified).
+    d.loss_weighting = "constant"  # 'constant' | 'sigmoid' (SiD2, Kingma & Gao).
+    d.sigmoid_bias = -3.0  # SiD2 sigmoid weighting bias b at 512 (unverified).
+
+    # ------------------------------------------------------------- training (issue 4)
+    c.train = ml_collections.ConfigDict()
+    t = c.train
+    t.num_steps = 500_000  # Paper: 500k steps.
+    t.batch_size = 2048  # Global batch over all processes and devices (paper: 2048).
+    t.log_every = 100  # Steps between metric logs.
+    t.checkpoint_every = 5_000  # Steps between (async) checkpoints.
+    t.keep_checkpoints = 3  # Checkpoints kept in the workdir.
+    t.sample_every = 10_000  # Steps between EMA sample grids in <workdir>/samples (0: never).
+    t.sample_grid_size = 16  # Images per periodic sample grid.
+    t.label_dropout = 0.1  # Probability of the null label during training (for guidance).
+    t.ema_decay = 0.9999  # EMA of params (paper).
+
+    c.optimizer = ml_collections.ConfigDict()
+    o = c.optimizer
+    o.learning_rate = 1e-4  # Adam learning rate (paper).
+    o.warmup_steps = 10_000  # Linear warm-up (paper).
+    o.b1 = 0.9  # Adam beta1 (paper).
+    o.b2 = 0.99  # Adam beta2 (paper).
+    o.eps = 1e-12  # Adam epsilon (paper).
+    o.weight_decay = 0.0  # Paper: none.
+    o.grad_clip = 1.0  # Global-norm gradient clipping (paper).
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # Data-parallel axis size (-1: all devices left over).
+    c.mesh.fsdp = 1  # Parameter/optimizer sharding axis size (1: replicated params).
+
+    # ------------------------------------------------------------- sampling (issue 6)
+    c.sample = ml_collections.ConfigDict()
+    s = c.sample
+    s.num_samples = 50_000  # FID-50k.
+    s.num_steps = 512  # Sampler steps (paper reports 512-step DDPM).
+    s.sampler = "ddpm"  # 'ddpm' (ancestral) | 'ddim'.
+    s.noise_param = 0.2  # DDPM log-variance interpolation (paper: 0.2).
+    s.guidance_scale = 1.0  # Reported scale 1 + w; 1.0 means no guidance.
+    s.guidance_logsnr_min = -1e9  # Guidance interval in logSNR (SiD2); default: everywhere.
+    s.guidance_logsnr_max = 1e9
+    s.batch_size = 64  # Global sampling batch.
+    s.use_ema = True  # Sample from EMA params (False: raw params).
+    s.labels = config_dict.placeholder(str)  # Comma-separated class ids; None: uniform.
+
+    # ----------------------------------------------------------------- data (issue 5)
+    c.data = ml_collections.ConfigDict()
+    dd = c.data
+    dd.source = "tfds"  # 'tfds' | 'folder' | 'digits' (embedded, no download).
+    dd.name = "imagenet2012"  # tfds dataset name.
+    dd.split = "train"
+    dd.data_dir = config_dict.placeholder(str)  # tfds data_dir (None: tfds default).
+    dd.manual_dir = config_dict.placeholder(str)  # tfds manual download dir (ImageNet tars).
+    dd.folder = config_dict.placeholder(str)  # Image folder for source == 'folder'.
+    dd.random_flip = True  # Random horizontal flip (paper).
+    dd.num_workers = 8  # Decode/resize threads per process.
+
+    # ----------------------------------------------------------- evaluation (issue 6)
+    c.eval = ml_collections.ConfigDict()
+    e = c.eval
+    e.inception_weights = config_dict.placeholder(str)  # Local Inception-v3 weights file.
+    e.reference_npz = config_dict.placeholder(str)  # ADM reference batch (.npz).
+    e.samples_npz = config_dict.placeholder(str)  # Samples to evaluate (None: newest in workdir).
+    e.batch_size = 200  # Inception batch size.
+    e.fid_every = 0  # Steps between small FIDs during training (0: never).
+    e.fid_num_samples = 5_000  # Samples for the periodic FID.
+    return c
