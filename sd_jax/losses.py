@@ -1,0 +1,242 @@
+"""Forward process, parametrisation conversions and training losses (REFERENCE.md sections 1, 3).
+
+Pure functions of arrays. Per-example quantities (`logsnr_b`, weights) broadcast against images
+`x_bhwc` over the trailing axes.
+
+Parametrisations, with `z = alpha x0 + sigma eps` and `alpha^2 + sigma^2 = 1`:
+    v   = alpha eps - sigma x0
+    x0  = alpha z - sigma v          = (z - sigma eps) / alpha
+    eps = sigma z + alpha v          = (z - alpha x0) / sigma
+Given the same `z`, `eps - eps_hat = alpha (v - v_hat)` exactly (eps is affine in v with slope
+alpha), so an eps-MSE equals `alpha^2 = sigmoid(logsnr)` times the v-MSE, per example, and the
+same holds for every average-pooled scale of the multiscale loss. `loss_weight` uses this to
+apply SiD2's sigmoid weighting, defined on the eps-loss, to a loss computed in v-space.
+"""
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from sd_jax import schedules
+from sd_jax.errors import UserError
+
+PREDICTIONS = ("v", "eps", "x0")
+LOSSES = {"v_mse": "v", "eps_mse": "eps"}  # Loss name -> space the error is measured in.
+LOSS_WEIGHTINGS = ("constant", "sigmoid")
+MULTISCALE_WEIGHTINGS = ("inverse_size", "uniform")
+
+DenoiseFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def _per_example(a_b: jax.Array, x: jax.Array) -> jax.Array:
+    """Reshapes a per-example array to broadcast against `x` (batch axis first)."""
+    a_b = jnp.asarray(a_b)
+    return a_b.reshape(a_b.shape + (1,) * (x.ndim - a_b.ndim))
+
+
+def _alpha_sigma_like(logsnr_b: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    alpha, sigma = schedules.alpha_sigma(logsnr_b)
+    return _per_example(alpha, x), _per_example(sigma, x)
+
+
+def diffuse(x0_bhwc: jax.Array, eps_bhwc: jax.Array, logsnr_b: jax.Array) -> jax.Array:
+    """Forward noising `z = alpha x0 + sigma eps`."""
+    alpha, sigma = _alpha_sigma_like(logsnr_b, x0_bhwc)
+    return alpha * x0_bhwc + sigma * eps_bhwc
+
+
+def v_from_x0_eps(x0_bhwc: jax.Array, eps_bhwc: jax.Array, logsnr_b: jax.Array) -> jax.Array:
+    """The v-prediction target `v = alpha eps - sigma x0`."""
+    alpha, sigma = _alpha_sigma_like(logsnr_b, x0_bhwc)
+    return alpha * eps_bhwc - sigma * x0_bhwc
+
+
+def x0_eps_from_output(
+    z_bhwc: jax.Array, out_bhwc: jax.Array, logsnr_b: jax.Array, prediction: str
+) -> tuple[jax.Array, jax.Array]:
+    """Converts a network output (`prediction` in 'v' | 'eps' | 'x0') to `(x0_hat, eps_hat)`."""
+    alpha, sigma = _alpha_sigma_like(logsnr_b, z_bhwc)
+    if prediction == "v":
+        return alpha * z_bhwc - sigma * out_bhwc, sigma * z_bhwc + alpha * out_bhwc
+    if prediction == "eps":
+        return (z_bhwc - sigma * out_bhwc) / alpha, out_bhwc
+    if prediction == "x0":
+        return out_bhwc, (z_bhwc - alpha * out_bhwc) / sigma
+    raise UserError(f"Unknown prediction={prediction!r}; choose one of {', '.join(PREDICTIONS)}.")
+
+
+def convert_output(
+    z_bhwc: jax.Array, out_bhwc: jax.Array, logsnr_b: jax.Array, source: str, target: str
+) -> jax.Array:
+    """Converts a network output from parametrisation `source` to `target` (v | eps | x0)."""
+    if source == target:
+        return out_bhwc
+    alpha, sigma = _alpha_sigma_like(logsnr_b, z_bhwc)
+    if (source, target) == ("eps", "v"):  # Direct form, avoids the 1/alpha round trip via x0.
+        return (out_bhwc - sigma * z_bhwc) / alpha
+    x0, eps = x0_eps_from_output(z_bhwc, out_bhwc, logsnr_b, source)
+    if target == "x0":
+        return x0
+    if target == "eps":
+        return eps
+    if target == "v":
+        return alpha * eps - sigma * x0
+    raise UserError(f"Unknown prediction={target!r}; choose one of {', '.join(PREDICTIONS)}.")
+
+
+def mse(target_bhwc: jax.Array, pred_bhwc: jax.Array) -> jax.Array:
+    """Per-example mean squared error over all non-batch axes."""
+    err = jnp.square(target_bhwc - pred_bhwc)
+    return jnp.mean(err, axis=tuple(range(1, err.ndim)))
+
+
+def average_pool(x_bhwc: jax.Array, size: int) -> jax.Array:
+    """Average-pools `x_bhwc` to `size x size` (H and W must be multiples of `size`)."""
+    b, h, w, c = x_bhwc.shape
+    if h % size or w % size:
+        raise ValueError(f"cannot average-pool {h}x{w} to {size}x{size}")
+    return x_bhwc.reshape(b, size, h // size, size, w // size, c).mean(axis=(2, 4))
+
+
+def multiscale_sizes(image_size: int, min_size: int = 32) -> list[int]:
+    """Scales of the multiscale loss: `image_size, image_size / 2, ...` down to `min_size`.
+
+    Halving stops at the first size that is odd or below `min_size`; if `image_size <= min_size`
+    only the full scale remains. Returned smallest first.
+    """
+    sizes = [image_size]
+    while sizes[-1] % 2 == 0 and sizes[-1] // 2 >= min_size:
+        sizes.append(sizes[-1] // 2)
+    return sizes[::-1]
+
+
+def multiscale_weights(sizes: Sequence[int], weighting: str | Sequence[float]) -> list[float]:
+    """Per-scale weights (aligned with `sizes`), normalised to sum to 1.
+
+    'inverse_size': 1/s (paper, exact weights unverified); 'uniform': equal; or explicit numbers.
+    """
+    if isinstance(weighting, str):
+        if weighting == "inverse_size":
+            raw = [1.0 / s for s in sizes]
+        elif weighting == "uniform":
+            raw = [1.0] * len(sizes)
+        else:
+            raise UserError(
+                f"Unknown diffusion.multiscale_weighting={weighting!r}; choose one of "
+                f"{', '.join(MULTISCALE_WEIGHTINGS)} or give one number per scale."
+            )
+    else:
+        raw = [float(w) for w in weighting]
+        if len(raw) != len(sizes):
+            raise UserError(
+                f"diffusion.multiscale_weighting has {len(raw)} weights but the scales are "
+                f"{list(sizes)}; give one weight per scale (smallest first)."
+            )
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+def multiscale_mse(
+    target_bhwc: jax.Array,
+    pred_bhwc: jax.Array,
+    min_size: int = 32,
+    weighting: str | Sequence[float] = "inverse_size",
+) -> jax.Array:
+    """Per-example multiscale loss `sum_s w_s mean((D_s[target] - D_s[pred])^2)`.
+
+    `D_s` average-pools to `s x s` for `s` in `multiscale_sizes(H, min_size)`. Pooling is linear,
+    so the error is pooled once per scale. A low-frequency error survives pooling and counts at
+    every scale; a high-frequency one only at the fine scales.
+    """
+    err_bhwc = (target_bhwc - pred_bhwc).astype(jnp.float32)
+    sizes = multiscale_sizes(err_bhwc.shape[1], min_size)
+    total = 0.0
+    for size, weight in zip(sizes, multiscale_weights(sizes, weighting), strict=True):
+        pooled = average_pool(err_bhwc, size)
+        total = total + weight * jnp.mean(jnp.square(pooled), axis=(1, 2, 3))
+    return total
+
+
+def loss_weight(
+    logsnr_b: jax.Array, weighting: str = "constant", sigmoid_bias: float = 0.0, space: str = "eps"
+) -> jax.Array:
+    """Per-example weight of a loss measured in `space` ('v' | 'eps').
+
+    'constant': 1. 'sigmoid' (SiD2, Kingma & Gao): `w = sigmoid(b - logsnr)` on the eps-loss;
+    for a v-space loss the weight is `w * alpha^2 = sigmoid(b - logsnr) * sigmoid(logsnr)`, so
+    both spaces give the same weighted eps-loss (module docstring). No `dlogsnr/dt` factor.
+    """
+    logsnr_b = jnp.asarray(logsnr_b, jnp.float32)
+    if weighting == "constant":
+        return jnp.ones_like(logsnr_b)
+    if weighting == "sigmoid":
+        w = jax.nn.sigmoid(sigmoid_bias - logsnr_b)
+        if space == "v":
+            return w * jax.nn.sigmoid(logsnr_b)
+        if space == "eps":
+            return w
+        raise UserError(f"Unknown loss space={space!r}; choose 'v' or 'eps'.")
+    raise UserError(
+        f"Unknown diffusion.loss_weighting={weighting!r}; "
+        f"choose one of {', '.join(LOSS_WEIGHTINGS)}."
+    )
+
+
+def diffusion_loss(
+    denoise_fn: DenoiseFn,
+    x0_bhwc: jax.Array,
+    labels_b: jax.Array,
+    rng: jax.Array,
+    diffusion_cfg: ml_collections.ConfigDict,
+    image_size: int,
+    prediction: str,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Training loss for one batch: scalar float32 mean loss and an aux dict.
+
+    Samples `t` (per `diffusion_cfg.time_sampling`) and `eps`, noises `x0_bhwc`, calls
+    `denoise_fn(z_bhwc, logsnr_b, labels_b)` (returning `prediction`: 'v' | 'eps'), converts the
+    output to the space of `diffusion_cfg.loss` and applies the (multiscale) MSE and the weighting.
+    aux: `loss_b` (weighted per-example loss), `unweighted_loss`, `logsnr_mean`, `t_b`.
+    """
+    if diffusion_cfg.loss not in LOSSES:
+        raise UserError(
+            f"Unknown diffusion.loss={diffusion_cfg.loss!r}; choose one of {', '.join(LOSSES)}."
+        )
+    if prediction not in ("v", "eps"):
+        raise UserError(f"Unknown model.prediction={prediction!r}; choose 'v' or 'eps'.")
+    space = LOSSES[diffusion_cfg.loss]
+    x0_bhwc = jnp.asarray(x0_bhwc, jnp.float32)
+    batch_size = x0_bhwc.shape[0]
+    rng_t, rng_eps = jax.random.split(rng)
+
+    t_b = schedules.sample_times(rng_t, batch_size, diffusion_cfg.time_sampling)
+    logsnr_b = schedules.get_logsnr_fn(diffusion_cfg, image_size)(t_b)
+    eps_bhwc = jax.random.normal(rng_eps, x0_bhwc.shape, jnp.float32)
+    z_bhwc = diffuse(x0_bhwc, eps_bhwc, logsnr_b)
+
+    out_bhwc = denoise_fn(z_bhwc, logsnr_b, labels_b).astype(jnp.float32)
+    pred_bhwc = convert_output(z_bhwc, out_bhwc, logsnr_b, prediction, space)
+    target_bhwc = eps_bhwc if space == "eps" else v_from_x0_eps(x0_bhwc, eps_bhwc, logsnr_b)
+
+    if diffusion_cfg.multiscale:
+        loss_b = multiscale_mse(
+            target_bhwc,
+            pred_bhwc,
+            diffusion_cfg.multiscale_min_size,
+            diffusion_cfg.multiscale_weighting,
+        )
+    else:
+        loss_b = mse(target_bhwc, pred_bhwc)
+    weight_b = loss_weight(
+        logsnr_b, diffusion_cfg.loss_weighting, diffusion_cfg.sigmoid_bias, space
+    )
+    weighted_b = weight_b * loss_b
+    aux = {
+        "loss_b": weighted_b,
+        "unweighted_loss": jnp.mean(loss_b),
+        "logsnr_mean": jnp.mean(logsnr_b),
+        "t_b": t_b,
+    }
+    return jnp.mean(weighted_b), aux

@@ -1,0 +1,208 @@
+"""Losses: forward process, conversions, multiscale MSE, weighting, diffusion_loss (~10 s)."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.base import get_config
+from sd_jax import losses, schedules
+from sd_jax.errors import UserError
+
+B, D = 6, 16
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    x0 = jnp.asarray(rng.uniform(-1, 1, (B, D, D, 3)), jnp.float32)
+    eps = jnp.asarray(rng.standard_normal((B, D, D, 3)), jnp.float32)
+    logsnr = jnp.asarray(np.linspace(-8, 8, B), jnp.float32)
+    return x0, eps, logsnr
+
+
+def _alpha_sigma_np(logsnr):
+    alpha2 = 1 / (1 + np.exp(-np.asarray(logsnr, np.float64)))
+    return np.sqrt(alpha2)[:, None, None, None], np.sqrt(1 - alpha2)[:, None, None, None]
+
+
+def _diffusion_cfg(**overrides):
+    cfg = get_config().diffusion
+    cfg.update({"multiscale": False, **overrides})
+    return cfg
+
+
+def _loss(denoise, x0, seed, cfg, image_size, prediction="v"):
+    """`diffusion_loss` run op by op (on CPU cheaper than compiling one program per config)."""
+    labels = jnp.zeros(x0.shape[0], jnp.int32)
+    return losses.diffusion_loss(
+        denoise, x0, labels, jax.random.key(seed), cfg, image_size, prediction
+    )
+
+
+def test_diffuse_and_v_target_match_formulas():
+    x0, eps, logsnr = _batch()
+    alpha, sigma = _alpha_sigma_np(logsnr)
+    np.testing.assert_allclose(losses.diffuse(x0, eps, logsnr), alpha * x0 + sigma * eps,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(losses.v_from_x0_eps(x0, eps, logsnr), alpha * eps - sigma * x0,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_conversions_round_trip():
+    x0, eps, logsnr = _batch()
+    z = losses.diffuse(x0, eps, logsnr)
+    truth = {"x0": x0, "eps": eps, "v": losses.v_from_x0_eps(x0, eps, logsnr)}
+    for source in truth:
+        x0_hat, eps_hat = losses.x0_eps_from_output(z, truth[source], logsnr, source)
+        np.testing.assert_allclose(x0_hat, x0, atol=2e-4)
+        np.testing.assert_allclose(eps_hat, eps, atol=2e-4)
+    for source, target in itertools.permutations(truth, 2):
+        got = losses.convert_output(z, truth[source], logsnr, source, target)
+        np.testing.assert_allclose(got, truth[target], atol=2e-4, err_msg=f"{source}->{target}")
+    with pytest.raises(UserError, match="prediction"):
+        losses.x0_eps_from_output(z, eps, logsnr, "score")
+
+
+def test_eps_error_is_alpha_times_v_error():
+    x0, eps, logsnr = _batch()
+    z = losses.diffuse(x0, eps, logsnr)
+    v = losses.v_from_x0_eps(x0, eps, logsnr)
+    v_hat = v + jnp.asarray(np.random.default_rng(1).standard_normal(v.shape), jnp.float32)
+    eps_hat = losses.convert_output(z, v_hat, logsnr, "v", "eps")
+    alpha, _ = _alpha_sigma_np(logsnr)
+    np.testing.assert_allclose(eps - eps_hat, alpha * (v - v_hat), atol=1e-5)
+
+
+def test_multiscale_sizes_and_weights():
+    assert losses.multiscale_sizes(512, 32) == [32, 64, 128, 256, 512]
+    assert losses.multiscale_sizes(32, 32) == [32]
+    assert losses.multiscale_sizes(16, 32) == [16]
+    assert losses.multiscale_sizes(96, 32) == [48, 96]
+    weights = losses.multiscale_weights([32, 64, 128], "inverse_size")
+    np.testing.assert_allclose(weights, np.array([4, 2, 1]) / 7)
+    np.testing.assert_allclose(losses.multiscale_weights([8, 16], "uniform"), [0.5, 0.5])
+    np.testing.assert_allclose(losses.multiscale_weights([8, 16], (1.0, 3.0)), [0.25, 0.75])
+    with pytest.raises(UserError, match="one weight per scale"):
+        losses.multiscale_weights([8, 16], (1.0,))
+
+
+def test_average_pool_matches_numpy():
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    want = x.reshape(2, 2, 4, 2, 4, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(losses.average_pool(jnp.asarray(x), 2), want, atol=1e-6)
+
+
+def test_multiscale_with_only_full_scale_is_plain_mse():
+    x0, eps, _ = _batch()
+    plain = losses.mse(x0, eps)
+    np.testing.assert_allclose(plain, np.mean((np.asarray(x0) - np.asarray(eps)) ** 2, (1, 2, 3)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(losses.multiscale_mse(x0, eps, min_size=D), plain, rtol=1e-5)
+    np.testing.assert_allclose(losses.multiscale_mse(x0, eps, min_size=64), plain, rtol=1e-5)
+    only_full = losses.multiscale_mse(x0, eps, min_size=4, weighting=(0.0, 0.0, 1.0))
+    np.testing.assert_allclose(only_full, plain, rtol=1e-5)
+
+
+def test_multiscale_weighs_low_frequency_error_more():
+    """Errors of equal energy: a constant offset survives every pooling, a checkerboard none."""
+    amp = 0.3
+    target = jnp.zeros((1, D, D, 1))
+    low = jnp.full((1, D, D, 1), amp)
+    checker = (-1.0) ** (np.arange(D)[:, None] + np.arange(D)[None, :])
+    high = jnp.asarray(amp * checker[None, :, :, None], jnp.float32)
+    np.testing.assert_allclose(losses.mse(target, low), losses.mse(target, high), rtol=1e-6)
+    sizes = losses.multiscale_sizes(D, 4)  # [4, 8, 16]
+    weights = losses.multiscale_weights(sizes, "inverse_size")
+    loss_low = losses.multiscale_mse(target, low, min_size=4)
+    loss_high = losses.multiscale_mse(target, high, min_size=4)
+    np.testing.assert_allclose(loss_low, amp**2, rtol=1e-5)
+    np.testing.assert_allclose(loss_high, weights[-1] * amp**2, rtol=1e-5)
+    assert float(loss_low[0]) > 5 * float(loss_high[0])
+
+
+def test_loss_weight():
+    logsnr = jnp.asarray([-6.0, 0.0, 4.0])
+    np.testing.assert_allclose(losses.loss_weight(logsnr), 1.0)
+    sig = lambda x: 1 / (1 + np.exp(-np.asarray(x)))
+    w_eps = losses.loss_weight(logsnr, "sigmoid", -3.0, "eps")
+    np.testing.assert_allclose(w_eps, sig(-3.0 - logsnr), rtol=1e-5)
+    w_v = losses.loss_weight(logsnr, "sigmoid", -3.0, "v")
+    np.testing.assert_allclose(w_v, sig(-3.0 - logsnr) * sig(logsnr), rtol=1e-5)
+    with pytest.raises(UserError, match="loss_weighting"):
+        losses.loss_weight(logsnr, "edm")
+
+
+def _constant_data_denoiser(value, prediction):
+    """Optimal denoiser when every image equals `value`: x0_hat = value exactly."""
+
+    def denoise(z, logsnr_b, labels_b):
+        x0 = jnp.full_like(z, value)
+        alpha, sigma = (a[:, None, None, None] for a in schedules.alpha_sigma(logsnr_b))
+        eps = (z - alpha * x0) / sigma
+        return alpha * eps - sigma * x0 if prediction == "v" else eps
+
+    return denoise
+
+
+@pytest.mark.parametrize("loss", ["v_mse", "eps_mse"])
+@pytest.mark.parametrize("prediction", ["v", "eps"])
+def test_diffusion_loss_is_zero_for_the_optimal_denoiser(loss, prediction):
+    cfg = _diffusion_cfg(loss=loss, multiscale=True, multiscale_min_size=4, schedule="cosine")
+    x0 = jnp.full((B, D, D, 3), 0.4)
+    value, aux = _loss(_constant_data_denoiser(0.4, prediction), x0, 0, cfg, D, prediction)
+    assert float(value) < 1e-6 and aux["loss_b"].shape == (B,)
+
+
+def test_diffusion_loss_of_zero_v_output_is_mean_v_squared():
+    """With x0 = 0, v = alpha eps, so a zero output has v-MSE ~ alpha^2 per example."""
+    cfg = _diffusion_cfg(time_sampling="stratified")
+    x0 = jnp.zeros((B, 32, 32, 3))
+    zero = lambda z, logsnr_b, labels_b: jnp.zeros_like(z, jnp.bfloat16)
+    value, aux = _loss(zero, x0, 3, cfg, 32)
+    assert value.dtype == jnp.float32 and value.shape == ()
+    t_b = np.sort(np.asarray(aux["t_b"]))
+    np.testing.assert_allclose(np.diff(t_b), 1 / B, atol=1e-6)  # Stratified times were used.
+    logsnr_b = schedules.get_logsnr_fn(cfg, 32)(aux["t_b"])
+    alpha2 = np.asarray(jax.nn.sigmoid(logsnr_b))
+    # Each example averages 3072 eps^2 draws: relative std ~2.6%, so 12% is > 4 std errors.
+    np.testing.assert_allclose(aux["loss_b"], alpha2, rtol=0.12)
+    np.testing.assert_allclose(aux["logsnr_mean"], np.mean(logsnr_b), rtol=1e-5)
+
+
+@pytest.mark.parametrize("multiscale", [False, True])
+def test_sigmoid_weighting_is_the_same_eps_loss_in_v_and_eps_space(multiscale):
+    """The sigmoid weight is defined on the eps-loss; a v-space loss must give the same value."""
+    rng = np.random.default_rng(2)
+    x0 = jnp.asarray(rng.uniform(-1, 1, (B, D, D, 3)), jnp.float32)
+    noise_out = jnp.asarray(rng.standard_normal((B, D, D, 3)), jnp.float32)
+    denoise = lambda z, logsnr_b, labels_b: 0.5 * z + 0.1 * noise_out  # Any v-predictor.
+    results = {}
+    for loss in ("v_mse", "eps_mse"):
+        cfg = _diffusion_cfg(loss=loss, loss_weighting="sigmoid", sigmoid_bias=-1.0,
+                             multiscale=multiscale, multiscale_min_size=4)
+        results[loss] = _loss(denoise, x0, 5, cfg, D)
+    np.testing.assert_allclose(results["v_mse"][0], results["eps_mse"][0], rtol=1e-4)
+    np.testing.assert_allclose(results["v_mse"][1]["loss_b"], results["eps_mse"][1]["loss_b"],
+                               rtol=1e-4, atol=1e-7)
+    # Unweighted, the two differ by alpha^2 per example, so they are not the same number.
+    assert not np.allclose(results["v_mse"][1]["unweighted_loss"],
+                           results["eps_mse"][1]["unweighted_loss"], rtol=1e-2)
+
+
+def test_diffusion_loss_jits_and_differentiates():
+    cfg = _diffusion_cfg(multiscale=True, multiscale_min_size=4)
+    x0, _, _ = _batch()
+
+    def loss_of_scale(scale):
+        denoise = lambda z, logsnr_b, labels_b: scale * z
+        return losses.diffusion_loss(
+            denoise, x0, jnp.zeros(B, jnp.int32), jax.random.key(0), cfg, D, "v"
+        )[0]
+
+    grad = jax.jit(jax.grad(loss_of_scale))(jnp.float32(0.3))
+    assert np.isfinite(grad) and grad != 0.0
+    with pytest.raises(UserError, match="diffusion.loss"):
+        losses.diffusion_loss(lambda z, lam, y: z, x0, jnp.zeros(B, jnp.int32),
+                              jax.random.key(0), _diffusion_cfg(loss="l1"), D, "v")
