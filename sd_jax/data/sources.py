@@ -1,0 +1,145 @@
+"""Random-access image sources: in-memory arrays, embedded digits, image folders.
+
+Every source has `__len__`, `__getitem__(i) -> (uint8 [H, W, C] image, int label)` and
+`num_classes` (0: unconditional). Images may have any size and 1, 3 or 4 channels; the loader
+crops, resizes and converts them. `__getitem__` may raise on a corrupt record: the loader
+counts it and substitutes another index. The tfds source lives in `tfds_source.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from sd_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+class Source(Protocol):
+    """What the loader needs from a dataset."""
+
+    num_classes: int
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]: ...
+
+
+class ArraySource:
+    """In-memory source over uint8 [N, H, W, C] images and int labels [N]."""
+
+    def __init__(self, images_nhwc_uint8: np.ndarray, labels: np.ndarray | None = None,
+                 num_classes: int | None = None) -> None:
+        images = np.asarray(images_nhwc_uint8)
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"expected uint8 [N, H, W, C] images, got {images.dtype} "
+                             f"{images.shape}")
+        labels = np.zeros(len(images), np.int64) if labels is None else np.asarray(labels)
+        if labels.shape != (len(images),):
+            raise ValueError(f"labels shape {labels.shape} does not match {len(images)} images")
+        if num_classes is None:  # Labels given: classes 0..max; no labels: unconditional.
+            num_classes = int(labels.max()) + 1 if len(labels) and labels.any() else 0
+        self.images = images
+        self.labels = labels.astype(np.int64)
+        self.num_classes = int(num_classes)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.images[index], int(self.labels[index])
+
+    def resized(self, size: int) -> ArraySource:
+        """The same source with every image centre-cropped and resized to size x size RGB once
+        (the loader then gathers whole batches by fancy indexing, no per-image work)."""
+        from sd_jax.data.preprocess import crop_resize
+
+        images = np.stack([crop_resize(im, size) for im in self.images])
+        return ArraySource(images, self.labels, self.num_classes)
+
+
+def digits_source() -> ArraySource:
+    """scikit-learn's embedded 8x8 digits (1,797 images, 10 classes, no download) as RGB uint8.
+
+    Values 0..16 (ink density) are scaled to 0..255 (v * 255 / 16, rounded): white digits on
+    black, like MNIST; grayscale is repeated to RGB.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - listed in requirements.txt
+        raise UserError("data.source='digits' needs scikit-learn: pip install scikit-learn") from e
+    digits = load_digits()
+    gray = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    images = np.repeat(gray[..., None], 3, axis=-1)
+    return ArraySource(images, digits.target, num_classes=10)
+
+
+def _is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _list_files(root: Path) -> list[Path]:
+    """All files below root (recursive, following no symlinked directories), sorted."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return files
+
+
+class FolderSource:
+    """Images in a folder, listed recursively (JPEG / PNG / WebP / BMP, any size).
+
+    With class subfolders (`root/<class>/**/*.jpg`) labels are the subfolder's index in
+    name order; with images only directly in root (or nested without class structure),
+    it is unconditional (num_classes = 0). Non-image files are skipped and counted.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise UserError(f"data.folder={str(root)!r} is not a directory; point it at a folder "
+                            "of images (optionally one subfolder per class)")
+        files = _list_files(root)
+        images = [f for f in files if _is_image_file(f.name)]
+        self.num_skipped_files = len(files) - len(images)
+        if self.num_skipped_files:
+            examples = [str(f) for f in files if not _is_image_file(f.name)][:3]
+            log.warning("FolderSource(%s): skipped %d non-image files (e.g. %s); images must "
+                        "end in %s", root, self.num_skipped_files, examples,
+                        "/".join(IMAGE_EXTENSIONS))
+        if not images:
+            raise UserError(f"data.folder={str(root)!r} contains no images ("
+                            f"{'/'.join(IMAGE_EXTENSIONS)}); put images there, optionally in one "
+                            "subfolder per class")
+        top = [f.relative_to(root).parts for f in images]
+        in_subfolders = [len(p) > 1 for p in top]
+        if all(in_subfolders):
+            self.class_names = sorted({p[0] for p in top})
+            index = {name: i for i, name in enumerate(self.class_names)}
+            self.labels = np.array([index[p[0]] for p in top], np.int64)
+        else:
+            if any(in_subfolders):
+                log.warning("FolderSource(%s): images both in the root and in subfolders; "
+                            "treating the folder as unconditional (no class labels)", root)
+            self.class_names = []
+            self.labels = np.zeros(len(images), np.int64)
+        self.root = root
+        self.paths = images
+        self.num_classes = len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        with Image.open(self.paths[index]) as image:
+            image = image.convert("RGB")  # Decodes; raises on corrupt/truncated files.
+        return np.asarray(image), int(self.labels[index])

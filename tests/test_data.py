@@ -1,0 +1,243 @@
+"""Data layer: sources, preprocessing, deterministic/resumable order, shards, bad input.
+
+Budget: ~10 s on 2 cores (the tfds source is tested in test_data_tfds.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import base
+from sd_jax.data import ArraySource, FolderSource, Loader, build_loader, digits_source, preprocess
+from sd_jax.errors import UserError
+
+
+def make_source(n: int = 37, size: int = 8, num_classes: int = 5) -> ArraySource:
+    """n images whose pixel values encode their index (row-major), label = index % classes."""
+    images = np.zeros((n, size, size, 3), np.uint8)
+    images[:] = (np.arange(n) * 5 % 256).astype(np.uint8)[:, None, None, None]
+    images[:, :, : size // 2, 0] = 255  # Left half red: a flip moves it to the right.
+    return ArraySource(images, np.arange(n) % num_classes, num_classes)
+
+
+def make_loader(source: ArraySource | None = None, **kw) -> Loader:
+    args = dict(image_size=8, global_batch_size=12, seed=0, random_flip=False, num_workers=2)
+    args.update(kw)
+    return Loader(source or make_source(), **args)
+
+
+def recover_indices(batch: dict[str, np.ndarray]) -> np.ndarray:
+    """Inverse of make_source: the example index of each row (from the green channel)."""
+    green = np.rint((batch["image"][:, 0, 0, 1] + 1) * 127.5).astype(int)
+    return np.array([int(np.nonzero(np.arange(37) * 5 % 256 == g)[0][0]) for g in green])
+
+
+def write_jpeg(path, size=(50, 40), color=(200, 30, 30)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, quality=95)
+
+
+# ------------------------------------------------------------------ preprocessing
+
+
+def test_center_crop_resize_of_a_known_pattern():
+    # 40 high x 80 wide: the centred 40x40 square is columns 20..59, split into 4 quadrants.
+    image = np.zeros((40, 80, 3), np.uint8)
+    image[:, :20] = 255  # Outside the crop: must not leak in.
+    image[:, 60:] = 255
+    image[:20, 20:40] = (10, 20, 30)
+    image[:20, 40:60] = (40, 50, 60)
+    image[20:, 20:40] = (70, 80, 90)
+    image[20:, 40:60] = (100, 110, 120)
+    out = preprocess.crop_resize(image, 8)
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+    # Away from the quadrant borders (bicubic support) every pixel keeps its quadrant's colour.
+    np.testing.assert_array_equal(out[:2, :2], np.broadcast_to([10, 20, 30], (2, 2, 3)))
+    np.testing.assert_array_equal(out[:2, -2:], np.broadcast_to([40, 50, 60], (2, 2, 3)))
+    np.testing.assert_array_equal(out[-2:, :2], np.broadcast_to([70, 80, 90], (2, 2, 3)))
+    np.testing.assert_array_equal(out[-2:, -2:], np.broadcast_to([100, 110, 120], (2, 2, 3)))
+    # Portrait image: crop rows instead of columns.
+    np.testing.assert_array_equal(preprocess.center_crop_box(80, 40), (0, 20, 40, 60))
+
+
+def test_resize_is_antialiased():
+    # A 1-pixel checkerboard averages to mid-grey when downsampled 8x (nearest would alias).
+    checker = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)
+    out = preprocess.crop_resize(checker, 8)
+    assert out.shape == (8, 8, 3)
+    assert np.all(np.abs(out.astype(int) - 128) <= 2)
+
+
+def test_float_range_and_flip():
+    image = np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)  # 1x2: black, white.
+    x = preprocess.to_float(image)
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(x[0, :, 0], [-1.0, 1.0])
+    np.testing.assert_array_equal(preprocess.to_float(image, flip=True)[0, :, 0], [1.0, -1.0])
+
+
+def test_loader_flips_half_deterministically():
+    loader = make_loader(random_flip=True, global_batch_size=64)
+    batch = loader.get_batch(3)
+    red_left = batch["image"][:, 0, 0, 0] == 1.0
+    red_right = batch["image"][:, 0, -1, 0] == 1.0
+    expected = preprocess.flip_mask(0, 3, 64)
+    np.testing.assert_array_equal(red_right, expected)
+    np.testing.assert_array_equal(red_left, ~expected)
+    assert 10 < expected.sum() < 54
+    assert not np.any(make_loader(global_batch_size=64).get_batch(3)["image"][:, 0, -1, 0] == 1)
+
+
+def test_per_image_path_matches_in_memory_path():
+    class Wrapped:  # Not an ArraySource: the loader decodes per image on its threads.
+        def __init__(self, inner):
+            self.inner, self.num_classes = inner, inner.num_classes
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, i):
+            return self.inner[i]
+
+    source = make_source(size=12)  # Resized 12 -> 8 by either path.
+    fast = make_loader(source, random_flip=True, global_batch_size=40).get_batch(2)
+    threaded = make_loader(Wrapped(source), random_flip=True, global_batch_size=40).get_batch(2)
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(threaded[key], fast[key])
+
+
+# ---------------------------------------------------------------- order and shards
+
+
+def test_batches_follow_epoch_permutations():
+    loader = make_loader()
+    stream = np.concatenate([loader.global_indices(k) for k in range(9)])  # 108 = 2.9 epochs.
+    for epoch in range(2):  # Each full epoch visits every example exactly once.
+        np.testing.assert_array_equal(np.sort(stream[37 * epoch: 37 * (epoch + 1)]),
+                                      np.arange(37))
+    batch = loader.get_batch(2)
+    np.testing.assert_array_equal(recover_indices(batch), loader.global_indices(2))
+    np.testing.assert_array_equal(batch["label"], loader.global_indices(2) % 5)
+    assert batch["label"].dtype == np.int32 and batch["image"].dtype == np.float32
+
+
+def test_restart_continues_exactly_and_seeds_differ():
+    first = make_loader(random_flip=True)
+    reference = [first.get_batch(k) for k in range(7)]
+    resumed = make_loader(random_flip=True)  # A fresh process after a restart at step 4.
+    steps = []
+    for step, batch in resumed.iterate(4, 7):
+        steps.append(step)
+        np.testing.assert_array_equal(batch["image"], reference[step]["image"])
+        np.testing.assert_array_equal(batch["label"], reference[step]["label"])
+    assert steps == [4, 5, 6]
+    other = make_loader(seed=1, random_flip=True)
+    assert not np.array_equal(other.get_batch(0)["image"], reference[0]["image"])
+    sync = make_loader(num_workers=0, random_flip=True)  # Threads do not change anything.
+    np.testing.assert_array_equal(sync.get_batch(5)["image"], reference[5]["image"])
+
+
+@pytest.mark.parametrize("process_count", [2, 3, 4])
+def test_process_shards_partition_the_global_batch(process_count):
+    single = make_loader(random_flip=True).get_batch(5)
+    shards = [make_loader(random_flip=True, process_index=p, process_count=process_count)
+              .get_batch(5) for p in range(process_count)]
+    assert all(len(s["label"]) == 12 // process_count for s in shards)
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(np.concatenate([s[key] for s in shards]), single[key])
+
+
+def test_build_loader_checks_divisibility_and_classes():
+    config = base.get_config()
+    config.train.batch_size = 10
+    config.model.image_size = 8
+    with pytest.raises(UserError, match="divisible"):
+        build_loader(config, process_index=0, process_count=3, source=make_source())
+    loader = build_loader(config, process_index=1, process_count=2, source=make_source())
+    assert loader.local_batch_size == 5 and loader.num_classes == 5
+    config.model.num_classes = 3
+    with pytest.raises(UserError, match="num_classes=5"):
+        build_loader(config, process_index=0, process_count=1, source=make_source())
+
+
+# ------------------------------------------------------------------------ sources
+
+
+def test_digits_source_and_loader():
+    source = digits_source()
+    assert len(source) == 1797 and source.num_classes == 10
+    image, label = source[0]
+    assert image.shape == (8, 8, 3) and image.dtype == np.uint8 and label == 0
+    assert image.min() == 0 and image.max() == 239  # Digit 0's max is 15: 15 * 255 / 16.
+    assert max(int(source[i][0].max()) for i in range(20)) == 255  # 16 -> 255.
+    config = base.get_config()
+    config.data.source, config.model.image_size, config.train.batch_size = "digits", 16, 32
+    batch = build_loader(config, process_index=0, process_count=1).get_batch(0)
+    assert batch["image"].shape == (32, 16, 16, 3)
+    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert set(batch["label"]) <= set(range(10))
+
+
+def test_folder_with_class_subfolders(tmp_path, caplog):
+    for cls, color in [("cat", (255, 0, 0)), ("dog", (0, 0, 255))]:
+        for i in range(3):
+            write_jpeg(tmp_path / cls / ("nested" if i == 2 else "") / f"{i}.jpg", color=color)
+    Image.new("RGB", (30, 60), (0, 255, 0)).save(tmp_path / "dog" / "png.PNG")
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        source = FolderSource(tmp_path)
+    assert "skipped 1 non-image files" in caplog.text
+    assert source.num_classes == 2 and source.class_names == ["cat", "dog"]
+    assert len(source) == 7 and list(source.labels) == [0, 0, 0, 1, 1, 1, 1]
+    image, label = source[source.paths.index(tmp_path / "dog" / "png.PNG")]
+    assert image.shape == (60, 30, 3) and label == 1
+    loader = Loader(source, image_size=16, global_batch_size=7, seed=0, random_flip=False)
+    batch = loader.get_batch(0)
+    for img, lab in zip(batch["image"], batch["label"], strict=True):
+        red, blue = img[8, 8, 0], img[8, 8, 2]
+        assert (red > 0.8 and blue < -0.8) if lab == 0 else (blue > 0.8 or img[8, 8, 1] > 0.8)
+
+
+def test_flat_folder_is_unconditional(tmp_path):
+    for i in range(4):
+        write_jpeg(tmp_path / f"{i}.jpeg")
+    source = FolderSource(tmp_path)
+    assert len(source) == 4 and source.num_classes == 0
+    batch = Loader(source, image_size=8, global_batch_size=4, seed=0).get_batch(0)
+    np.testing.assert_array_equal(batch["label"], np.zeros(4, np.int32))
+
+
+def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
+    for i in range(6):
+        write_jpeg(tmp_path / f"good{i}.jpg")
+    (tmp_path / "bad0.jpg").write_bytes(b"not a jpeg at all")
+    good = (tmp_path / "good0.jpg").read_bytes()
+    (tmp_path / "bad1.jpg").write_bytes(good[: len(good) // 2])  # Truncated.
+    source = FolderSource(tmp_path)
+    loader = Loader(source, image_size=8, global_batch_size=16, seed=0, random_flip=False)
+    with caplog.at_level(logging.WARNING):
+        batch = loader.get_batch(0)  # 16 rows of 8 files: both bad files are drawn.
+    assert loader.num_bad_records >= 2
+    assert caplog.text.count("skipping unreadable record") == loader.num_bad_records
+    np.testing.assert_allclose(batch["image"][:, 4, 4], np.broadcast_to(
+        np.array([200, 30, 30]) / 127.5 - 1, (16, 3)), atol=0.05)  # Only good images remain.
+    again = Loader(source, image_size=8, global_batch_size=16, seed=0, random_flip=False)
+    np.testing.assert_array_equal(again.get_batch(0)["image"], batch["image"])  # Deterministic.
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(UserError, match="contains no images"):
+        FolderSource(tmp_path)
+    with pytest.raises(UserError, match="not a directory"):
+        FolderSource(tmp_path / "missing")
+    config = base.get_config()
+    config.data.source = "folder"
+    with pytest.raises(UserError, match="data.folder"):
+        build_loader(config, process_index=0, process_count=1)
+    config.data.source = "nope"
+    with pytest.raises(UserError, match="unknown data.source"):
+        build_loader(config, process_index=0, process_count=1)
