@@ -1,0 +1,1 @@
+"""Experiments: sweeps, aggregation, benchmark, SNR figure (scripts; not part of the package)."""

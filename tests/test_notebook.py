@@ -1,0 +1,44 @@
+"""experiments/colab_tpu.ipynb runs end to end on CPU (install cell skipped outside Colab).
+
+The run is shrunk through SD_JAX_NOTEBOOK_OVERRIDES: a ~30k-parameter quickstart model, two
+train steps, four samples with two sampler steps. Budget: ~45 s on 2 CPU cores (the sampler's
+compile; the train step's compile is cached when test_experiments ran first).
+"""
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from test_experiments import TINY, jax_cache_dir
+from utils import REPO
+
+NOTEBOOK = REPO / "experiments" / "colab_tpu.ipynb"
+OVERRIDES = " ".join([*TINY, "--config.sample.num_samples=4", "--config.sample.batch_size=4",
+                      "--config.sample.num_steps=2"])
+
+
+def test_notebook_has_no_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.slow
+def test_notebook_runs_end_to_end(tmp_path, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("SD_JAX_NOTEBOOK_OVERRIDES", OVERRIDES)
+    monkeypatch.setenv("SD_JAX_NOTEBOOK_WORKDIR", str(tmp_path / "run"))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax_cache_dir(tmp_path_factory))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(nb, timeout=400, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()
+
+    text = "\n".join(
+        out.get("text", "") for c in nb.cells for out in c.get("outputs", [])
+        if out.get("output_type") == "stream"
+    )
+    assert "devices: [CpuDevice(id=0)]" in text
+    assert "step 2/2" in text and ".npz" in text
+    assert "(4, 16, 16, 3) uint8" in text
+    images = [out for out in nb.cells[-1].outputs if "image/png" in out.get("data", {})]
+    assert len(images) == 1
+    assert (tmp_path / "run" / "notebook_grid.png").exists()
