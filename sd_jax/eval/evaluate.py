@@ -1,0 +1,145 @@
+"""`--mode=eval`: FID / sFID / IS of a samples .npz against an ADM reference batch.
+
+    python launch.py --config=configs/imagenet512.py --workdir=DIR --mode=eval \
+        --config.eval.inception_weights=inception_fid.npz \
+        --config.eval.reference_npz=VIRTUAL_imagenet512.npz
+
+Samples: `config.eval.samples_npz`, default the newest .npz in <workdir>/samples. Results go to
+the console, <workdir>/eval_<samples name>.json and a line of <workdir>/metrics.jsonl. Every
+process computes the statistics (Inception batches split over its local devices); process 0
+writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from sd_jax.errors import UserError
+from sd_jax.eval import fid, inception, npz_io
+
+REFERENCE_HELP = (
+    "Download the ADM reference batch for your dataset (e.g. VIRTUAL_imagenet512.npz, "
+    "VIRTUAL_imagenet256_labeled.npz) from https://github.com/openai/guided-diffusion/tree/main/"
+    "evaluations and pass --config.eval.reference_npz=PATH (see docs/readme/eval.md)"
+)
+
+
+LOGGED_KEYS = ("fid", "sfid", "inception_score", "inception_score_std", "num_samples",
+               "guidance_scale")
+
+
+def build_extractor(eval_cfg: ml_collections.ConfigDict) -> tuple[fid.ExtractFn, int]:
+    """Loads the Inception weights; returns (extract_fn, batch size rounded to the devices)."""
+    variables = inception.load_weights(eval_cfg.inception_weights)
+    extract, num_devices = inception.make_extractor(variables, eval_cfg.inception_preprocess)
+    batch_size = math.ceil(eval_cfg.batch_size / num_devices) * num_devices
+    return extract, batch_size
+
+
+def _check_images(path: Path, shape: tuple[int, ...]) -> None:
+    if len(shape) != 4 or shape[-1] not in (1, 3):
+        raise UserError(f"{path}: arr_0 has shape {shape}; expected [N, H, W, 3] (ADM format)")
+
+
+def image_stats(path: str | Path, extract_fn: fid.ExtractFn, batch_size: int,
+                with_spatial: bool = True) -> fid.ImageStats:
+    """Inception statistics of `arr_0` of an ADM-format .npz, streamed in batches."""
+    path = Path(path)
+    _check_images(path, npz_io.array_shape(path, "arr_0"))
+    return fid.compute_image_stats(npz_io.iter_rows(path, "arr_0", 10 * batch_size),
+                                   extract_fn, batch_size, with_spatial)
+
+
+def check_reference(path: str | None) -> list[str]:
+    """Raises UserError unless `path` is an .npz with mu/sigma or arr_0; returns its keys."""
+    if not path:
+        raise UserError(f"config.eval.reference_npz is not set. {REFERENCE_HELP}")
+    if not Path(path).is_file():
+        raise UserError(f"reference batch {path} does not exist. {REFERENCE_HELP}")
+    names = npz_io.keys(path)
+    if not ({"mu", "sigma"} <= set(names) or "arr_0" in names):
+        raise UserError(f"{path} has neither mu/sigma nor arr_0 images. {REFERENCE_HELP}")
+    return names
+
+
+def reference_stats(path: str | None, extract_fn: fid.ExtractFn, batch_size: int,
+                    with_spatial: bool = True) -> dict[str, np.ndarray]:
+    """mu/sigma (and mu_s/sigma_s) of a reference .npz: stored ones, else computed from arr_0."""
+    names = check_reference(path)
+    if "mu" in names and "sigma" in names:
+        with np.load(path) as npz:
+            return {k: npz[k] for k in ("mu", "sigma", "mu_s", "sigma_s") if k in names}
+    stats = image_stats(path, extract_fn, batch_size, with_spatial)
+    return {"mu": stats.mu, "sigma": stats.sigma, "mu_s": stats.mu_s, "sigma_s": stats.sigma_s}
+
+
+def find_samples(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+    """config.eval.samples_npz, or the newest .npz in <workdir>/samples."""
+    if config.eval.samples_npz:
+        path = Path(config.eval.samples_npz)
+        if not path.is_file():
+            raise UserError(f"config.eval.samples_npz={path} does not exist")
+        return path
+    found = sorted(Path(workdir, "samples").glob("*.npz"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"no samples .npz in {workdir}/samples: run --mode=sample first "
+                        "or set --config.eval.samples_npz")
+    return found[-1]
+
+
+def sample_metadata(samples_path: Path) -> dict:
+    """The sidecar <name>.json sample mode writes (step, guidance, ...), or {}."""
+    meta = samples_path.with_suffix(".json")
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def evaluate(samples_path: str | Path, reference: dict[str, np.ndarray],
+             extract_fn: fid.ExtractFn, eval_cfg: ml_collections.ConfigDict,
+             batch_size: int) -> dict:
+    """FID / sFID / IS of one samples .npz against reference statistics."""
+    stats = image_stats(samples_path, extract_fn, batch_size, eval_cfg.sfid)
+    return fid.metrics(stats, reference, eval_cfg.is_splits, eval_cfg.fid_method)
+
+
+def write_results(workdir: str | Path, name: str | None, results: dict,
+                  step: int | None) -> None:
+    """<workdir>/eval_<name>.json (unless name is None) and, when the step is known, a line of
+    <workdir>/metrics.jsonl (its readers key records by step). Process 0 only."""
+    if jax.process_index() != 0:
+        return
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if name is not None:
+        (workdir / f"eval_{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    if step is None:
+        return
+    line = {"step": step, **{f"eval/{k}": results[k] for k in LOGGED_KEYS if k in results}}
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """`--mode=eval`: evaluates the samples .npz, prints and writes the metrics."""
+    samples_path = find_samples(config, workdir)
+    extract_fn, batch_size = build_extractor(config.eval)
+    start = time.time()
+    reference = reference_stats(config.eval.reference_npz, extract_fn, batch_size,
+                                config.eval.sfid)
+    meta = sample_metadata(samples_path)
+    results = evaluate(samples_path, reference, extract_fn, config.eval, batch_size)
+    results = {**meta, **results, "samples": str(samples_path),  # Measured values win.
+               "reference": str(config.eval.reference_npz),
+               "seconds": round(time.time() - start, 1)}
+    write_results(workdir, samples_path.stem, results, meta.get("step"))
+    if jax.process_index() == 0:
+        shown = ", ".join(f"{k}={results[k]:.4g}" for k in ("fid", "sfid", "inception_score")
+                          if k in results)
+        print(f"eval {samples_path.name} ({results['num_samples']} images): {shown}", flush=True)
+    return results

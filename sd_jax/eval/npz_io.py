@@ -1,0 +1,109 @@
+"""Streaming read/write of ADM-format .npz files (`arr_0` uint8 NHWC images, `arr_1` labels).
+
+50k ImageNet-512 samples are 39 GB of uint8, more than a host may hold, so `arr_0` is written and
+read in row batches. The files are ordinary uncompressed .npz (what `np.savez` writes): `np.load`
+and the ADM evaluator read them unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+class NpzStreamWriter:
+    """Writes `<key>.npy` of a known final shape row batch by row batch, then small arrays.
+
+    The file appears (atomically renamed from a temporary name) only on `close()`.
+    """
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype=np.uint8,
+                 key: str = "arr_0") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._shape, self._dtype = tuple(shape), np.dtype(dtype)
+        self._rows = 0
+        self._zip = zipfile.ZipFile(self._tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self._member = self._zip.open(f"{key}.npy", "w", force_zip64=True)
+        header = {"descr": np.lib.format.dtype_to_descr(self._dtype), "fortran_order": False,
+                  "shape": self._shape}
+        np.lib.format.write_array_header_2_0(self._member, header)
+
+    def write(self, rows: np.ndarray) -> None:
+        """Appends rows (shape [n, *shape[1:]])."""
+        rows = np.ascontiguousarray(rows, dtype=self._dtype)
+        if rows.shape[1:] != self._shape[1:] or self._rows + len(rows) > self._shape[0]:
+            raise ValueError(f"rows {rows.shape} do not fit {self._shape} after {self._rows}")
+        self._member.write(rows.tobytes())
+        self._rows += len(rows)
+
+    def __enter__(self) -> NpzStreamWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        """Discards the partial file (e.g. after an error while sampling)."""
+        if not self._member.closed:
+            self._member.close()
+        self._zip.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def close(self, **arrays: np.ndarray) -> Path:
+        """Checks every row was written, adds small arrays (e.g. arr_1=labels), publishes."""
+        self._member.close()
+        if self._rows != self._shape[0]:
+            self.abort()
+            raise ValueError(f"wrote {self._rows} rows, expected {self._shape[0]}")
+        for name, value in arrays.items():
+            with self._zip.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+        self._zip.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+
+def keys(path: str | Path) -> list[str]:
+    """Array names in an .npz."""
+    with zipfile.ZipFile(path) as zf:
+        return [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
+
+
+def _open_array(zf: zipfile.ZipFile, key: str):
+    f = zf.open(f"{key}.npy")
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    if fortran:
+        raise ValueError(f"{key} is Fortran-ordered; save it C-ordered")
+    return f, tuple(shape), np.dtype(dtype)
+
+
+def array_shape(path: str | Path, key: str = "arr_0") -> tuple[int, ...]:
+    """Shape of one array, without reading it."""
+    with zipfile.ZipFile(path) as zf:
+        f, shape, _ = _open_array(zf, key)
+        f.close()
+    return shape
+
+
+def iter_rows(path: str | Path, key: str = "arr_0", batch_rows: int = 1000
+              ) -> Iterator[np.ndarray]:
+    """Yields consecutive row batches of one (uncompressed or compressed) array."""
+    with zipfile.ZipFile(path) as zf:
+        f, shape, dtype = _open_array(zf, key)
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        with f:
+            for start in range(0, shape[0], batch_rows):
+                n = min(batch_rows, shape[0] - start)
+                buf = f.read(n * row_bytes)
+                yield np.frombuffer(buf, dtype).reshape((n, *shape[1:]))
