@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.prediction = "v"  # 'v' | 'eps': what the network outputs (paper: v).
     m.dtype = "bfloat16"  # Compute dtype; params stay float32. Use float32 on CPU.
     m.remat = "none"  # 'none' | 'transformer' | 'all': jax.checkpoint on blocks to save memory.
+    m.attention_impl = "xla"  # jax.nn.dot_product_attention backend: 'xla' (any head dim) | 'cudnn'.
 
     # ------------------------------------------------------------ diffusion (issue 2)
     c.diffusion = ml_collections.ConfigDict()
@@ -65,6 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
     t.sample_grid_size = 16  # Images per periodic sample grid.
     t.label_dropout = 0.1  # Probability of the null label during training (for guidance).
     t.ema_decay = 0.9999  # EMA of params (paper).
+    t.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard (imports TF on process 0).
+    t.stop_check_every = 10  # Multi-host: steps between agreeing on a SIGTERM/SIGINT stop (one sync).
 
     c.optimizer = ml_collections.ConfigDict()
     o = c.optimizer
@@ -79,6 +82,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # Data-parallel axis size (-1: all devices left over).
     c.mesh.fsdp = 1  # Parameter/optimizer sharding axis size (1: replicated params).
+    # Logical axis -> mesh axes, first match wins per array (flax rules); unlisted names and dims
+    # that do not divide by the mesh axis size are replicated. The batch spans both mesh axes.
+    c.mesh.logical_axis_rules = (
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"),  # Transformer weights: shard the model-width dim.
+        ("conv_out", "fsdp"),  # Conv kernels: shard output channels ...
+        ("conv_in", "fsdp"),  # ... or input channels when the output does not divide.
+        ("mlp", "fsdp"),
+        ("cond", "fsdp"),
+        ("classes", "fsdp"),
+    )
 
     # ------------------------------------------------------------- sampling (issue 6)
     c.sample = ml_collections.ConfigDict()
@@ -109,10 +123,15 @@ def get_config() -> ml_collections.ConfigDict:
     # ----------------------------------------------------------- evaluation (issue 6)
     c.eval = ml_collections.ConfigDict()
     e = c.eval
-    e.inception_weights = config_dict.placeholder(str)  # Local Inception-v3 weights file.
-    e.reference_npz = config_dict.placeholder(str)  # ADM reference batch (.npz).
+    e.inception_weights = config_dict.placeholder(str)  # .npz (experiments/convert_inception_*).
+    e.inception_preprocess = "tf1"  # 'tf1': resize + scaling of the TF graph behind the ADM
+    # reference stats (legacy bilinear, (x-128)/128); 'pytorch_fid': pytorch-fid's (half-pixel).
+    e.reference_npz = config_dict.placeholder(str)  # ADM reference batch (.npz: mu/sigma or arr_0).
     e.samples_npz = config_dict.placeholder(str)  # Samples to evaluate (None: newest in workdir).
-    e.batch_size = 200  # Inception batch size.
+    e.batch_size = 200  # Inception batch size (rounded up to a multiple of the local devices).
+    e.is_splits = 10  # Inception Score splits (improved-GAN / ADM: 10 for 50k).
+    e.sfid = True  # Also sFID (ADM: mixed_6/conv features); needs mu_s/sigma_s in the reference.
+    e.fid_method = "sqrtm"  # 'sqrtm' (pytorch-fid / ADM recipe) | 'eigh' (same trace, ~10x faster).
     e.fid_every = 0  # Steps between small FIDs during training (0: never).
-    e.fid_num_samples = 5_000  # Samples for the periodic FID.
+    e.fid_num_samples = 5_000  # Samples for the periodic FID (FID-5k: biased up vs FID-50k).
     return c

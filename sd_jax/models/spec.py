@@ -1,0 +1,144 @@
+"""ModelSpec: the validated, hashable view of `config.model` that the modules are built from."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+import ml_collections
+
+from sd_jax.errors import UserError
+
+ARCHS = ("uvit", "residual_uvit", "unet")
+TRANSFORMS = ("none", "dwt1", "dwt2", "patch")
+REMAT = ("none", "transformer", "all")
+ATTENTION_IMPLS = ("xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """One convolutional level of the U-Net: its resolution, width and what follows it."""
+
+    resolution: int  # Spatial size of the feature map at this level.
+    channels: int
+    down_channels: int | None  # Width after the 2x downsampling; None for the U-Net's last level.
+    down_logical: str  # Logical name of the width after downsampling ('embed' into a transformer).
+    attention: bool  # Self-attention after each ResBlock (U-Net at 16 and 8).
+    dropout: float  # Dropout rate at this level (0 above dropout_max_resolution).
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything the network needs from `config.model`, checked once at build time."""
+
+    arch: str
+    image_size: int
+    image_channels: int
+    input_transform: str
+    patch_size: int
+    base_channels: int
+    channel_multipliers: tuple[int, ...]
+    num_res_blocks: int
+    transformer_depth: int
+    num_heads: int
+    mlp_ratio: int
+    emb_dim: int
+    dropout: float
+    dropout_max_resolution: int
+    attention_resolutions: tuple[int, ...]
+    num_classes: int
+    dtype: str
+    remat: str
+    attention_impl: str
+
+    @classmethod
+    def from_config(cls, model_cfg: ml_collections.ConfigDict) -> ModelSpec:
+        """Builds and validates a spec; raises UserError with a fix for bad values."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        values = {n: model_cfg[n] for n in names if n in model_cfg}
+        values.setdefault("attention_impl", "xla")
+        missing = sorted(set(names) - set(values))
+        if missing:
+            raise UserError(f"config.model is missing fields {missing}; build on configs/base.py")
+        values["channel_multipliers"] = tuple(int(m) for m in values["channel_multipliers"])
+        values["attention_resolutions"] = tuple(int(r) for r in values["attention_resolutions"])
+        spec = cls(**values)
+        spec.validate()
+        return spec
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def transform_factor(self) -> int:
+        """Spatial downsampling of the lossless input transform."""
+        return {"none": 1, "dwt1": 2, "dwt2": 4, "patch": self.patch_size}[self.input_transform]
+
+    @property
+    def is_uvit(self) -> bool:
+        return self.arch in ("uvit", "residual_uvit")
+
+    @property
+    def lowest_resolution(self) -> int:
+        """Resolution after all downsampling (the transformer's grid for the U-ViTs)."""
+        steps = len(self.channel_multipliers) - 1
+        return self.image_size // self.transform_factor // 2**steps
+
+    @property
+    def transformer_width(self) -> int:
+        return self.base_channels * self.channel_multipliers[-1]
+
+    def dropout_at(self, resolution: int) -> float:
+        """Dropout rate for blocks running at `resolution` (paper: only at 16x16 and below)."""
+        return self.dropout if resolution <= self.dropout_max_resolution else 0.0
+
+    def levels(self) -> list[Level]:
+        """The convolutional levels; for the U-ViTs the last multiplier is the transformer."""
+        mults = self.channel_multipliers
+        num_conv = len(mults) - 1 if self.is_uvit else len(mults)
+        res = self.image_size // self.transform_factor
+        levels = []
+        for i in range(num_conv):
+            last = i == len(mults) - 1
+            into_transformer = self.is_uvit and i == num_conv - 1
+            levels.append(Level(
+                resolution=res,
+                channels=self.base_channels * mults[i],
+                down_channels=None if last else self.base_channels * mults[i + 1],
+                down_logical="embed" if into_transformer else "conv_out",
+                attention=self.arch == "unet" and res in self.attention_resolutions,
+                dropout=self.dropout_at(res),
+            ))
+            res //= 2
+        return levels
+
+    def validate(self) -> None:
+        """Raises UserError when the config cannot describe a network."""
+        choices = [("arch", ARCHS), ("input_transform", TRANSFORMS), ("remat", REMAT),
+                   ("attention_impl", ATTENTION_IMPLS)]
+        for field, allowed in choices:
+            if getattr(self, field) not in allowed:
+                raise UserError(f"model.{field}={getattr(self, field)!r}; use one of {allowed}")
+        if self.is_uvit and len(self.channel_multipliers) < 2:
+            raise UserError("U-ViT needs >= 2 channel_multipliers (conv levels + transformer)")
+        total = self.transform_factor * 2 ** (len(self.channel_multipliers) - 1)
+        if self.image_size % total:
+            raise UserError(
+                f"model.image_size={self.image_size} is not divisible by the total downsampling "
+                f"{total} (input transform x 2 per level); change channel_multipliers")
+        widths = [self.base_channels * m for m in self.channel_multipliers]
+        attn_widths = [self.transformer_width] if self.is_uvit else [
+            lv.channels for lv in self.levels() if lv.attention] + [widths[-1]]
+        for w in attn_widths:
+            if w % self.num_heads:
+                raise UserError(f"attention width {w} is not divisible by num_heads="
+                                f"{self.num_heads}")
+        if self.num_classes < 0:
+            raise UserError("model.num_classes must be >= 0 (0: unconditional)")
+
+
+def num_groups(channels: int) -> int:
+    """GroupNorm groups: 32 where the width allows (paper/ADM), else the largest divisor <= 32."""
+    return math.gcd(32, channels)

@@ -1,0 +1,99 @@
+"""The paper's U-Net baseline, and the conv encoder/decoder that the U-ViTs share with it.
+
+Layout (ADM-style): input transform -> 3x3 conv stem -> per level `num_res_blocks` ResBlocks
+(+ self-attention at `attention_resolutions`), each output kept as a U-Net skip -> 2x2 stride-2
+conv down -> middle -> per level: 2x2 stride-2 transposed conv up, `num_res_blocks + 1`
+ResBlocks on [h, skip] -> GroupNorm-swish-conv head (zero-initialised, float32) -> inverse
+transform. With `residual_skips` (SiD2's residual U-ViT) there are no block-wise skips; each
+down/up step is wrapped in one residual: `h = up(x - h_after_down) + h_before_down`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from sd_jax.models import layers, transforms
+from sd_jax.models.spec import Level, ModelSpec
+
+
+class UNet(nn.Module):
+    """Conv U-Net: ResBlocks on all levels, attention at 16 and 8, ResBlock-attn-ResBlock middle."""
+
+    spec: ModelSpec
+
+    @property
+    def residual_skips(self) -> bool:
+        return self.spec.arch == "residual_uvit"
+
+    def res_block(self, channels: int, dropout: float, name: str) -> nn.Module:
+        cls = layers.maybe_remat(layers.ResBlock, self.spec.remat, "conv", train_argnum=3)
+        return cls(channels, dropout, self.spec.compute_dtype, name=name)
+
+    def attention(self, name: str) -> nn.Module:
+        cls = layers.maybe_remat(layers.SpatialAttention, self.spec.remat, "conv", train_argnum=2)
+        return cls(self.spec.num_heads, self.spec.compute_dtype, self.spec.attention_impl,
+                   name=name)
+
+    def middle(self, h: jnp.ndarray, emb: jnp.ndarray, train: bool) -> jnp.ndarray:
+        """Lowest level of the U-Net (overridden by the U-ViT's transformer stack)."""
+        channels, res = h.shape[-1], h.shape[1]
+        dropout = self.spec.dropout_at(res)
+        h = self.res_block(channels, dropout, "mid_res0")(h, emb, train)
+        h = self.attention("mid_attn")(h, train)
+        return self.res_block(channels, dropout, "mid_res1")(h, emb, train)
+
+    def level_blocks(self, h, emb, train, level: Level, tag: str, skips: list | None):
+        """ResBlocks (+ attention) of one level; on the way up, concatenates popped `skips`."""
+        count = self.spec.num_res_blocks + (0 if skips is None else 1)
+        outputs = []
+        for j in range(count):
+            if skips is not None:
+                h = jnp.concatenate([h, skips.pop().astype(h.dtype)], axis=-1)
+            h = self.res_block(level.channels, level.dropout, f"{tag}_res{j}")(h, emb, train)
+            if level.attention:
+                h = self.attention(f"{tag}_attn{j}")(h, train)
+            outputs.append(h)
+        return h, outputs
+
+    @nn.compact
+    def __call__(self, z_bhwc: jnp.ndarray, logsnr_b: jnp.ndarray, labels_b: jnp.ndarray,
+                 train: bool = False) -> jnp.ndarray:
+        """Maps noisy images [B, H, W, C] to the v / eps prediction, float32, same shape."""
+        spec, dtype = self.spec, self.spec.compute_dtype
+        x = transforms.forward(z_bhwc.astype(jnp.float32), spec.input_transform, spec.patch_size)
+        emb = layers.ConditionEmbedding(spec.emb_dim, spec.num_classes, name="cond")(
+            logsnr_b, labels_b)
+        levels = spec.levels()
+        h = layers.conv(levels[0].channels, 3, dtype, name="stem")(x.astype(dtype))
+
+        saved = []  # Per level: (U-Net skips or None, h before down, h after down).
+        for i, level in enumerate(levels):
+            skips = None if self.residual_skips else [h]
+            h, outputs = self.level_blocks(h, emb, train, level, f"down{i}", None)
+            if skips is not None:
+                skips.extend(outputs)
+            before = h
+            if level.down_channels is not None:
+                h = layers.conv(level.down_channels, 2, dtype, stride=2,
+                                out_name=level.down_logical, name=f"down{i}_down")(h)
+            saved.append((skips, before, h))
+
+        h = self.middle(h, emb, train)
+
+        for i in reversed(range(len(levels))):
+            level, (skips, before, after) = levels[i], saved[i]
+            if level.down_channels is not None:
+                up = nn.ConvTranspose(
+                    level.channels, (2, 2), strides=(2, 2), dtype=dtype,
+                    param_dtype=jnp.float32, name=f"up{i}_up",
+                    kernel_init=layers.logical(nn.initializers.lecun_normal(),
+                                               (None, None, level.down_logical, "conv_out")),
+                    bias_init=layers.logical(nn.initializers.zeros_init(), ("conv_out",)))
+                h = up(h - after) + before if self.residual_skips else up(h)
+            h, _ = self.level_blocks(h, emb, train, level, f"up{i}", skips)
+
+        h = nn.swish(layers.group_norm(h.shape[-1], name="out_norm")(h))
+        out = layers.conv(x.shape[-1], 3, jnp.float32, zero=True, name="out_conv")(h)
+        out = transforms.inverse(out, spec.input_transform, spec.patch_size)
+        return out.astype(jnp.float32)
