@@ -2,7 +2,7 @@
 
     python experiments/benchmark.py --config=configs/quickstart.py --per_device_batch=64 --steps=10
     python experiments/benchmark.py --config=configs/imagenet512.py \
-        --config.model.remat=transformer --per_device_batch=8 --steps=20   # see docs/readme
+        --config.model.remat=transformer --per_device_batch=8 --steps=20  # README: Benchmark
 
 Reports train images/s, step time (median over --steps after compile and --warmup steps), peak
 memory, MFU and sampling images/s; the last stdout line is the same as JSON.

@@ -27,7 +27,8 @@ from sd_jax.eval import fid, inception, npz_io
 REFERENCE_HELP = (
     "Download the ADM reference batch for your dataset (e.g. VIRTUAL_imagenet512.npz, "
     "VIRTUAL_imagenet256_labeled.npz) from https://github.com/openai/guided-diffusion/tree/main/"
-    "evaluations and pass --config.eval.reference_npz=PATH (see docs/readme/eval.md)"
+    "evaluations and pass --config.eval.reference_npz=PATH "
+    "(see README.md, 'Sampling and evaluation')"
 )
 
 

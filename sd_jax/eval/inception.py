@@ -38,7 +38,7 @@ WEIGHTS_HELP = (
     "pt_inception-2015-12-05-6726825d.pth) and convert it on a machine with torch: "
     "`python experiments/convert_inception_weights.py --pth=pt_inception-2015-12-05-6726825d.pth "
     "--out=inception_fid.npz`, then pass --config.eval.inception_weights=inception_fid.npz "
-    "(see docs/readme/eval.md)"
+    "(see README.md, 'Sampling and evaluation')"
 )
 
 
