@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import ml_collections
@@ -21,6 +22,7 @@ def init_distributed(
             raise UserError(
                 "multi-host needs all of --coordinator_address, --num_processes and --process_id"
             )
+        _cpu_collectives()
         jax.distributed.initialize(
             coordinator_address=coordinator_address,
             num_processes=num_processes,
@@ -34,7 +36,29 @@ def init_distributed(
     except Exception:  # pragma: no cover - private API moved; skip auto-detection.
         detected = False
     if detected:
+        _cpu_collectives()
         jax.distributed.initialize()
+
+
+def _cpu_collectives() -> None:
+    """Multi-process CPU runs (tests, CPU clusters) need a collectives backend; GPUs/TPUs ignore it.
+    """
+    import jax
+
+    with contextlib.suppress(AttributeError, ValueError):  # Option renamed in another jax.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def log_devices() -> None:
+    """One line per process: which devices it drives and how many there are in all."""
+    import jax
+
+    local = jax.local_devices()
+    print(
+        f"process {jax.process_index()}/{jax.process_count()}: {len(local)} local "
+        f"{local[0].platform} devices of {jax.device_count()}",
+        flush=True,
+    )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str) -> None:
@@ -73,6 +97,8 @@ def run_cli(
     """launch.py's body: a UserError becomes one line on stderr and exit status 1."""
     try:
         init_distributed(coordinator_address, num_processes, process_id)
+        if mode != "inspect":
+            log_devices()
         run(config, workdir, mode)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

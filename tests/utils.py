@@ -21,11 +21,14 @@ def child_env(num_devices: int = 1) -> dict[str, str]:
     return env
 
 
-def run_python(code: str, num_devices: int = 1, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_python(code: str, num_devices: int = 1, timeout: float = 600,
+               env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Runs `code` in a fresh interpreter with `num_devices` fake CPU devices."""
+    env = child_env(num_devices)
+    env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=REPO, env=child_env(num_devices), capture_output=True, text=True, timeout=timeout,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
 
 
@@ -38,3 +41,46 @@ def run_launch(args: list[str], num_devices: int = 1, timeout: float = 600,
         [sys.executable, str(REPO / "launch.py"), *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def tiny_config(**overrides):
+    """configs/quickstart.py shrunk to a model that compiles and steps in seconds on CPU.
+
+    `overrides` are dotted config paths, e.g. `tiny_config(**{"train.num_steps": 4})`.
+    """
+    from configs import quickstart
+
+    c = quickstart.get_config()
+    m = c.model
+    m.image_size, m.base_channels, m.channel_multipliers = 8, 8, (1, 2)
+    m.transformer_depth, m.num_heads, m.emb_dim = 1, 2, 16
+    t = c.train
+    t.num_steps, t.batch_size, t.log_every, t.checkpoint_every = 6, 8, 1, 3
+    t.sample_every, t.tensorboard, t.keep_checkpoints = 0, False, 5
+    c.sample.num_steps, c.sample.batch_size, c.sample.num_samples = 4, 8, 8
+    c.optimizer.warmup_steps = 2
+    for path, value in overrides.items():
+        node = c
+        *parents, leaf = path.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return c
+
+
+def config_args(config) -> list[str]:
+    """`--config.path=value` flags that turn configs/quickstart.py into `config` (for run_launch).
+    """
+    from configs import quickstart
+
+    args = []
+
+    def walk(node, ref, prefix):
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                walk(value, ref[key], f"{prefix}{key}.")
+            elif value != ref[key]:
+                args.append(f"--config.{prefix}{key}={value}")
+
+    walk(config, quickstart.get_config(), "")
+    return ["--config=configs/quickstart.py", *args]

@@ -1,0 +1,141 @@
+"""`train(config, workdir)`: sharded, resumable training (`launch.py --mode=train`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from sd_jax import checkpointing, data, images, metrics_io, models, sharding, train_state
+from sd_jax.errors import UserError
+from sd_jax.generate import generate
+from sd_jax.train_step import make_train_step
+
+TRAIN_RNG, SAMPLE_RNG = 1, 2  # fold_in tags of the seed's key (the key itself inits params).
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def save_sample_grid(
+    model: Any, params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int,
+    workdir: Path,
+) -> Path | None:
+    """Samples `train.sample_grid_size` images (classes cycled) into samples/step_<step>.png."""
+    n, num_classes = config.train.sample_grid_size, config.model.num_classes
+    labels = np.arange(n) % num_classes if num_classes else np.zeros(n, np.int32)
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), SAMPLE_RNG)  # Same noise each time.
+    x_bhwc = generate(model, params, rng, labels, config, mesh)
+    if jax.process_index() != 0:
+        return None
+    grid = images.make_grid(images.to_uint8(x_bhwc), ncols=num_classes or None)
+    return images.save_png(grid, workdir / "samples" / f"step_{step:08d}.png")
+
+
+class _LaggedMetrics:
+    """Holds a step's device metrics and reads them only after the next step is dispatched."""
+
+    def __init__(self, logger: metrics_io.MetricsLogger, log_every: int, num_steps: int):
+        self.logger, self.log_every, self.num_steps = logger, log_every, num_steps
+        self.pending: tuple[int, dict[str, jax.Array]] | None = None
+
+    def push(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        """Reads the previous step's metrics (NaN check, maybe log), then holds this step's."""
+        self.flush()
+        self.pending = (step, metrics)
+
+    def flush(self) -> None:
+        """Reads the held metrics now (waits for that step)."""
+        if self.pending is None:
+            return
+        step, metrics = self.pending
+        self.pending = None
+        host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        metrics_io.check_finite(step, host["loss"])
+        if step % self.log_every == 0 or step == self.num_steps:
+            self.logger.log(step, host)
+
+
+def _restore_or_init(
+    ckpt: checkpointing.Checkpointer, model: Any, tx: Any, config: ml_collections.ConfigDict,
+    mesh: Mesh,
+) -> tuple[train_state.TrainState, Any, int]:
+    """Resumes from the newest checkpoint in the workdir, else initialises. -> (state, shardings,
+    step)."""
+    abstract, shardings = train_state.state_shardings(model, tx, config, mesh)
+    step = ckpt.latest_step()
+    if step is None:
+        state, _ = train_state.create_train_state(model, tx, config, mesh)
+        return state, shardings, 0
+    state, meta = ckpt.restore(abstract, step)
+    checkpointing.check_meta(meta, config)
+    logging.info("resumed from the checkpoint at step %d", step)
+    print(f"resuming from step {step}", flush=True)
+    return state, shardings, int(step)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> train_state.TrainState:
+    """Trains `config` in `workdir`, resuming from its newest checkpoint. Returns the final state.
+
+    Saves every `train.checkpoint_every` steps, at the end and on SIGTERM/SIGINT; logs every
+    `train.log_every` steps; samples EMA grids every `train.sample_every` steps.
+    """
+    workdir = Path(workdir).absolute()
+    t = config.train
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_divisible(t.batch_size, mesh)
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+    loader = data.build_loader(config)
+    model = models.build_model(config.model)
+    tx = train_state.make_optimizer(config.optimizer)
+    ckpt = checkpointing.Checkpointer(workdir, keep=t.keep_checkpoints)
+    state, shardings, start = _restore_or_init(ckpt, model, tx, config, mesh)
+    if jax.process_index() == 0:
+        print(metrics_io.param_overview(state.params), flush=True)
+    step_fn = make_train_step(model, tx, config, mesh, shardings)
+    train_rng = jax.device_put(
+        jax.random.fold_in(jax.random.PRNGKey(config.seed), TRAIN_RNG), sharding.replicated(mesh)
+    )
+    logger = metrics_io.MetricsLogger(
+        workdir, num_steps=t.num_steps, batch_size=t.batch_size, start_step=start,
+        tensorboard=t.tensorboard,
+    )
+    lagged = _LaggedMetrics(logger, max(int(t.log_every), 1), t.num_steps)
+    stop = checkpointing.StopSignal(t.stop_check_every)
+
+    def save(step: int) -> None:
+        lagged.flush()  # The NaN check of the step that produced this state comes first.
+        if not bool(_all_finite(state.params)):
+            raise UserError(f"parameters are NaN/Inf after step {step}; not saving them (the "
+                            "last checkpoint is intact). Lower config.optimizer.learning_rate")
+        ckpt.save(step, state, checkpointing.data_meta(step, config))
+
+    try:
+        for index, batch in loader.iterate(start, t.num_steps):
+            state, metrics = step_fn(state, sharding.global_batch(batch, mesh), train_rng)
+            step = index + 1  # Steps done, as in checkpoints and metrics.jsonl.
+            lagged.push(step, metrics)
+            stopping = stop.should_stop(step)
+            if step % t.checkpoint_every == 0 or step == t.num_steps or stopping:
+                save(step)
+            if t.sample_every and (step % t.sample_every == 0 or step == t.num_steps):
+                save_sample_grid(model, state.ema_params, config, mesh, step, workdir)
+            if stopping:
+                print(f"stopped by signal at step {step}; checkpoint saved", flush=True)
+                break
+        lagged.flush()
+    finally:
+        stop.close()
+        ckpt.close()
+        logger.close()
+        loader.close()
+    return state

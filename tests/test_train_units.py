@@ -1,0 +1,138 @@
+"""Unit tests of the training pieces, in-process on one CPU device (budget: ~15 s)."""
+
+import json
+import shutil
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+from utils import tiny_config
+
+from sd_jax import checkpointing, metrics_io, sharding, train_state, train_step
+from sd_jax.errors import UserError
+
+RULES = sharding.rules_from_config(tiny_config())
+
+
+def fake_mesh(data: int, fsdp: int):
+    """Only `.shape` is read by the spec resolution."""
+    return types.SimpleNamespace(shape={"data": data, "fsdp": fsdp})
+
+
+def test_logical_rules_shard_divisible_dims_and_replicate_the_rest():
+    mesh = fake_mesh(2, 4)
+    # Transformer weight: the model width goes to fsdp.
+    assert sharding.logical_to_mesh_spec(P("embed", "mlp"), (64, 256), RULES, mesh) == P(
+        "fsdp", None)
+    # Conv with 3 output channels: output does not divide by 4, the input channels take fsdp.
+    spec = sharding.logical_to_mesh_spec(P(None, None, "conv_in", "conv_out"), (3, 3, 32, 3),
+                                         RULES, mesh)
+    assert spec == P(None, None, "fsdp", None)
+    # Nothing divisible: fully replicated; unknown names are replicated.
+    assert sharding.logical_to_mesh_spec(P("conv_in", "conv_out"), (3, 6), RULES, mesh) == P(
+        None, None)
+    assert sharding.logical_to_mesh_spec(P("heads", "kv"), (4, 8), RULES, mesh) == P(None, None)
+    # fsdp = 1: nothing to shard.
+    assert sharding.logical_to_mesh_spec(P("embed"), (64,), RULES, fake_mesh(8, 1)) == P(None)
+
+
+def test_mesh_and_batch_errors():
+    cfg = tiny_config()
+    mesh = sharding.make_mesh(cfg.mesh)
+    assert dict(mesh.shape) == {"data": jax.device_count(), "fsdp": 1}
+    cfg.mesh.fsdp = -1
+    with pytest.raises(UserError, match="at most one"):
+        sharding.make_mesh(cfg.mesh)
+    cfg.mesh.data, cfg.mesh.fsdp = 2, 3
+    with pytest.raises(UserError, match="must multiply"):
+        sharding.make_mesh(cfg.mesh)
+    with pytest.raises(UserError, match="divisible"):
+        sharding.check_batch_divisible(7, types.SimpleNamespace(devices=np.zeros(2)))
+    assert sharding.check_batch_divisible(8, mesh) == 8
+
+
+def test_optimizer_is_warmed_up_clipped_adam():
+    cfg = tiny_config(**{"optimizer.learning_rate": 0.1, "optimizer.warmup_steps": 4,
+                         "optimizer.grad_clip": 1.0})
+    lr = train_state.learning_rate_fn(cfg.optimizer)
+    np.testing.assert_allclose([lr(s) for s in range(6)], [0.025, 0.05, 0.075, 0.1, 0.1, 0.1],
+                               rtol=1e-6)
+    tx = train_state.make_optimizer(cfg.optimizer)
+    params = {"w": jnp.zeros(3)}
+    grads = {"w": jnp.array([30.0, -40.0, 0.0])}  # Norm 50: clipped to 1 first.
+    updates, _ = tx.update(grads, tx.init(params), params)
+    # First Adam step: m_hat / sqrt(v_hat) = sign(g) (eps 1e-12); scaled by -lr(0).
+    np.testing.assert_allclose(updates["w"], [-0.025, 0.025, 0.0], rtol=1e-5, atol=1e-9)
+
+
+def test_label_dropout_and_ema():
+    labels = jnp.zeros(20_000, jnp.int32) + 3
+    dropped = train_step.drop_labels(jax.random.PRNGKey(0), labels, 0.1, 10)
+    assert set(np.unique(dropped)) == {3, 10}
+    assert abs(float(jnp.mean(dropped == 10)) - 0.1) < 0.01
+    assert train_step.drop_labels(jax.random.PRNGKey(0), labels, 0.1, 0) is labels
+    ema = train_step.ema_update({"a": jnp.array(1.0)}, {"a": jnp.array(3.0)}, 0.75)
+    np.testing.assert_allclose(ema["a"], 1.5)
+
+
+def test_metrics_logger_records_and_resume_truncation(tmp_path, capsys):
+    log = metrics_io.MetricsLogger(tmp_path, num_steps=10, batch_size=8, tensorboard=False)
+    for step in (2, 4, 6):
+        log.log(step, {"loss": 0.5, "grad_norm": 1.0, "learning_rate": 1e-3})
+    log.close()
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert {"loss", "learning_rate", "grad_norm", "steps_per_sec", "images_per_sec"} <= set(
+        records[0])
+    assert "ETA" in capsys.readouterr().out
+    metrics_io.MetricsLogger(tmp_path, num_steps=10, batch_size=8, start_step=4,
+                             tensorboard=False).close()
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]  # Step 6 was logged after the checkpoint.
+    with pytest.raises(UserError, match="at step 7"):
+        metrics_io.check_finite(7, float("nan"))
+    metrics_io.check_finite(7, 0.3)
+    assert "total" in metrics_io.param_overview({"a": {"w": np.zeros((2, 3))}, "b": np.zeros(4)})
+
+
+def test_tensorboard_writer(tmp_path):
+    pytest.importorskip("tensorboard")
+    log = metrics_io.MetricsLogger(tmp_path, num_steps=4, batch_size=8, tensorboard=True)
+    log.log(1, {"loss": 0.5})
+    log.close()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def _tree(value: float):
+    return {"w": jnp.full((4, 2), value), "step": jnp.array(int(value), jnp.int32)}
+
+
+def test_checkpoints_keep_last_k_and_ignore_interrupted_saves(tmp_path):
+    ckpt = checkpointing.Checkpointer(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        ckpt.save(step, _tree(step), {"step": step, "seed": 0})
+    ckpt.close()
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [2, 3]
+    # A save killed half-way leaves only orbax's temporary directory, never a step directory.
+    partial = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1234567"
+    shutil.copytree(tmp_path / "checkpoints" / "3", partial)
+    shutil.rmtree(partial / "state")
+    ckpt = checkpointing.Checkpointer(tmp_path, keep=2)
+    assert ckpt.latest_step() == 3
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                           sharding=x.sharding), _tree(0))
+    state, meta = ckpt.restore(abstract)
+    ckpt.close()
+    np.testing.assert_array_equal(state["w"], np.full((4, 2), 3.0))
+    assert meta == {"step": 3, "seed": 0}
+    assert not partial.exists()  # Cleaned up on start.
+
+
+def test_restore_inference_params_without_checkpoint(tmp_path):
+    mesh = sharding.make_mesh(tiny_config().mesh)
+    with pytest.raises(UserError, match="checkpoint"):
+        checkpointing.restore_inference_params(tmp_path, tiny_config(), mesh)
