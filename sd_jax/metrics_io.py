@@ -17,6 +17,7 @@ import jax
 from absl import logging
 
 from sd_jax.errors import UserError
+from sd_jax.tf_cpu import import_tensorflow
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -28,12 +29,11 @@ def _tensorboard_writer(logdir: Path) -> Any:
     only here; TF is kept off the accelerators JAX owns.
     """
     try:
-        import tensorflow as tf
+        import_tensorflow()  # Before clu imports it: TF must never see the accelerators.
         from clu import metric_writers
     except ImportError as e:
         logging.warning("no TensorBoard logs (%s); pip install tensorboard", e)
         return None
-    tf.config.set_visible_devices([], "GPU")
     return metric_writers.create_default_writer(str(logdir), asynchronous=True)
 
 

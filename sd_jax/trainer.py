@@ -64,6 +64,16 @@ class _LaggedMetrics:
             self.logger.log(step, host)
 
 
+def _periodic_fid(config: ml_collections.ConfigDict) -> Any:
+    """`sd_jax.eval.periodic` when `eval.fid_every > 0` (checked now), else None (not imported)."""
+    if int(config.eval.fid_every) <= 0:
+        return None
+    from sd_jax.eval import periodic
+
+    periodic.check_config(config)
+    return periodic
+
+
 def _restore_or_init(
     ckpt: checkpointing.Checkpointer, model: Any, tx: Any, config: ml_collections.ConfigDict,
     mesh: Mesh,
@@ -94,6 +104,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> train_state
     sharding.check_batch_divisible(t.batch_size, mesh)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
+    fid = _periodic_fid(config)  # Fails fast on missing weights / reference, before training.
     loader = data.build_loader(config)
     model = models.build_model(config.model)
     tx = train_state.make_optimizer(config.optimizer)
@@ -129,6 +140,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> train_state
                 save(step)
             if t.sample_every and (step % t.sample_every == 0 or step == t.num_steps):
                 save_sample_grid(model, state.ema_params, config, mesh, step, workdir)
+            if fid is not None:  # All processes, same steps: sampling is a collective.
+                fid.maybe_fid(step, model, state.ema_params, config, mesh, workdir)
             if stopping:
                 print(f"stopped by signal at step {step}; checkpoint saved", flush=True)
                 break

@@ -34,3 +34,17 @@ def test_batch_not_divisible_by_devices(tmp_path):
 def test_sample_without_checkpoint(tmp_path):
     proc = run_launch([*config_args(tiny_config()), f"--workdir={tmp_path}", "--mode=sample"])
     assert_one_line_error(proc, "checkpoint")
+
+
+def test_near_miss_key_gets_a_suggestion(tmp_path):
+    proc = run_launch(["--config=configs/quickstart.py", "--config.model.dropoutt=0.1",
+                       f"--workdir={tmp_path}"])
+    assert_one_line_error(proc, "'dropoutt'", 'Did you mean "dropout"')
+
+
+def test_periodic_fid_without_weights_fails_before_training(tmp_path):
+    proc = run_launch([*config_args(tiny_config()), f"--workdir={tmp_path}",
+                       "--config.eval.fid_every=2",
+                       f"--config.eval.inception_weights={tmp_path}/missing_inception.npz"])
+    assert_one_line_error(proc, "missing_inception.npz")
+    assert not (tmp_path / "checkpoints").exists()  # Failed fast: nothing was trained.

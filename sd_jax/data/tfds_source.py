@@ -11,31 +11,19 @@ so TensorFlow is imported only to hide accelerators from it and for tfds's own b
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
 
 from sd_jax.errors import UserError
+from sd_jax.tf_cpu import import_tensorflow
 
 # Files tfds expects in the manual download dir (the rest are handled generically).
 MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
 
 
-def _hide_accelerators_from_tf() -> None:
-    """Imports TF with no GPU/TPU visible, so it never grabs memory that JAX needs."""
-    import tensorflow as tf
-
-    for kind in ("GPU", "TPU"):
-        # RuntimeError: TF already initialised; ValueError: no such device type here.
-        with contextlib.suppress(RuntimeError, ValueError):
-            tf.config.set_visible_devices([], kind)
-
-
 def _import_tfds():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _hide_accelerators_from_tf()
+    import_tensorflow()  # Before tfds, so TF never sees the accelerators.
     import tensorflow_datasets as tfds
 
     return tfds
