@@ -102,8 +102,8 @@ def get_config() -> ml_collections.ConfigDict:
     s.sampler = "ddpm"  # 'ddpm' (ancestral) | 'ddim'.
     s.noise_param = 0.2  # DDPM log-variance interpolation (paper: 0.2).
     s.guidance_scale = 1.0  # Reported scale 1 + w; 1.0 means no guidance.
-    s.guidance_logsnr_min = -1e9  # Guidance interval in logSNR (SiD2); default: everywhere.
-    s.guidance_logsnr_max = 1e9
+    s.guidance_logsnr_min = -1e9  # Guidance only where logSNR >= this (SiD2 interval); -1e9: everywhere.
+    s.guidance_logsnr_max = 1e9  # Guidance only where logSNR <= this (SiD2 interval); 1e9: everywhere.
     s.batch_size = 64  # Global sampling batch.
     s.use_ema = True  # Sample from EMA params (False: raw params).
     s.labels = config_dict.placeholder(str)  # Comma-separated class ids; None: uniform.
@@ -113,7 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
     dd = c.data
     dd.source = "tfds"  # 'tfds' | 'folder' | 'digits' (embedded, no download).
     dd.name = "imagenet2012"  # tfds dataset name.
-    dd.split = "train"
+    dd.split = "train"  # tfds split to train on (paper: ImageNet train).
     dd.data_dir = config_dict.placeholder(str)  # tfds data_dir (None: tfds default).
     dd.manual_dir = config_dict.placeholder(str)  # tfds manual download dir (ImageNet tars).
     dd.folder = config_dict.placeholder(str)  # Image folder for source == 'folder'.

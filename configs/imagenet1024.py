@@ -14,8 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
     c = base.get_config()
     m = c.model
     m.image_size = 1024  # ImageNet 1024 (paper trains 1024 models; details unverified).
-    # One more conv level (128 ch at 256x256) keeps the transformer at 16x16 (unverified).
-    m.channel_multipliers = (1, 1, 2, 4, 16)
+    m.channel_multipliers = (1, 1, 2, 4, 16)  # One more conv level (128 ch @256) keeps the transformer at 16x16 (unverified).
 
     d = c.diffusion
     d.noise_d = 64  # Paper text: base resolution 64 (no 1024 ablation; unverified).

@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     s.num_samples = 100  # --mode=sample: ten of each digit.
     s.num_steps = 128  # Sampler steps (paper: 512); plenty at 16x16.
     s.guidance_scale = 3.0  # 1 + w with w = 2: crisp, recognisable classes from a small model.
-    s.batch_size = 100  # All samples in one batch.
+    s.batch_size = 80  # Divisible by 1, 2, 4, 8 or 16 devices (the last batch is padded).
     s.labels = "0,1,2,3,4,5,6,7,8,9"  # Class ids cycled over the samples.
 
     dd = c.data

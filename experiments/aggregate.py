@@ -23,8 +23,8 @@ from typing import Any
 # Metric names the trainer and evaluator may use, in order of preference.
 LOSS_KEYS = ("loss", "train/loss", "train_loss")
 SPEED_KEYS = ("images_per_sec", "images_per_second", "train/images_per_sec", "imgs_per_sec")
-FID_KEYS = ("fid", "FID", "fid50k", "fid_train")
-IS_KEYS = ("inception_score", "is", "IS")
+FID_KEYS = ("fid", "eval/fid", "FID", "fid50k", "fid_train")
+IS_KEYS = ("inception_score", "eval/inception_score", "is", "IS")
 METRIC_COLUMNS = ("steps", "last_loss", "min_loss", "images_per_s", "fid", "inception_score")
 
 

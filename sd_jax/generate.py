@@ -59,6 +59,7 @@ def generate(
     labels = jax.make_array_from_callback(
         padded.shape, sharding.batch_sharding(mesh), lambda index: padded[index]
     )
+    rng = jax.device_put(rng, sharding.replicated(mesh))  # Same key on every process, committed.
     images = _compiled(model, config, mesh)(params, rng, labels)
     if jax.process_count() > 1:
         images = multihost_utils.process_allgather(images, tiled=True)

@@ -21,7 +21,8 @@ def make_source(n: int = 37, size: int = 8, num_classes: int = 5) -> ArraySource
     images = np.zeros((n, size, size, 3), np.uint8)
     images[:] = (np.arange(n) * 5 % 256).astype(np.uint8)[:, None, None, None]
     images[:, :, : size // 2, 0] = 255  # Left half red: a flip moves it to the right.
-    return ArraySource(images, np.arange(n) % num_classes, num_classes)
+    labels = np.arange(n) % num_classes if num_classes else np.zeros(n, np.int64)
+    return ArraySource(images, labels, num_classes)
 
 
 def make_loader(source: ArraySource | None = None, **kw) -> Loader:
@@ -162,6 +163,11 @@ def test_build_loader_checks_divisibility_and_classes():
     config.model.num_classes = 3
     with pytest.raises(UserError, match="num_classes=5"):
         build_loader(config, process_index=0, process_count=1, source=make_source())
+    unlabeled = make_source(num_classes=0)  # E.g. a flat folder: no classes to condition on.
+    with pytest.raises(UserError, match="num_classes=0"):
+        build_loader(config, process_index=0, process_count=1, source=unlabeled)
+    config.model.num_classes = 0
+    assert build_loader(config, process_index=0, process_count=1, source=unlabeled).num_classes == 0
 
 
 # ------------------------------------------------------------------------ sources

@@ -34,6 +34,21 @@ def test_frechet_distance_matches_eigen_route():
     assert fid.frechet_distance(mu1, s1, mu2, s2, method="eigh") == pytest.approx(got, rel=1e-8)
 
 
+def test_frechet_distance_matches_scipy_reference():
+    """The textbook formula with scipy.linalg.sqrtm of S1 S2, written here independently."""
+    from scipy import linalg
+
+    rng = np.random.default_rng(3)
+    d = 48
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s1, s2 = _random_cov(rng, d), _random_cov(rng, d)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean)
+    for method in ("sqrtm", "eigh"):
+        assert fid.frechet_distance(mu1, s1, mu2, s2, method=method) == pytest.approx(
+            expected, rel=1e-7)
+
+
 def test_frechet_distance_singular_covariances_are_finite():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(5, 20)), rng.normal(size=(5, 20))  # Rank 4 covariances in 20-d.

@@ -205,6 +205,10 @@ def build_loader(config: ml_collections.ConfigDict, process_index: int | None = 
     check_divisible(batch, process_count)  # Before building the source, which can be slow.
     source = build_source(config.data) if source is None else source
     model_classes = config.model.num_classes
+    if model_classes and source.num_classes == 0:
+        raise UserError(f"the dataset has no class labels (e.g. a flat image folder) but "
+                        f"model.num_classes={model_classes}; train it unconditionally with "
+                        "--config.model.num_classes=0")
     if model_classes and source.num_classes > model_classes:
         raise UserError(f"the dataset has {source.num_classes} classes but model.num_classes="
                         f"{model_classes}; set --config.model.num_classes={source.num_classes}")
