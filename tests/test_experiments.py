@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from utils import REPO, child_env
+from utils import REPO, TWO_STEP_RUN, child_env, override_args, tiny_config
 
 sys.path.insert(0, str(REPO))
 
@@ -20,13 +20,7 @@ from experiments import aggregate, run_sweep, sweep_lib  # noqa: E402
 from sd_jax.models import ModelSpec  # noqa: E402
 
 SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("*.py"))
-TINY = [  # A quickstart run of two steps with a ~30k-parameter model.
-    "--config.train.num_steps=2", "--config.train.log_every=1",
-    "--config.train.checkpoint_every=2", "--config.train.sample_every=0",
-    "--config.train.tensorboard=False", "--config.train.batch_size=8",
-    "--config.model.base_channels=8", "--config.model.emb_dim=32",
-    "--config.model.transformer_depth=1",
-]
+TINY = override_args(tiny_config(**TWO_STEP_RUN))  # A quickstart run of two steps, tiny model.
 
 
 def jax_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:

@@ -8,12 +8,12 @@ compile; the train step's compile is cached when test_experiments ran first).
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from test_experiments import TINY, jax_cache_dir
-from utils import REPO
+from test_experiments import jax_cache_dir
+from utils import REPO, TWO_STEP_RUN, override_args, tiny_config
 
 NOTEBOOK = REPO / "experiments" / "colab_tpu.ipynb"
-OVERRIDES = " ".join([*TINY, "--config.sample.num_samples=4", "--config.sample.batch_size=4",
-                      "--config.sample.num_steps=2"])
+OVERRIDES = " ".join(override_args(tiny_config(**TWO_STEP_RUN, **{
+    "sample.num_samples": 4, "sample.batch_size": 4, "sample.num_steps": 2})))
 
 
 def test_notebook_has_no_outputs():

@@ -7,26 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from utils import run_launch
+from utils import TWO_STEP_RUN, config_args, run_launch, tiny_config
 
 from configs import quickstart
 from sd_jax import sample_mode
 from sd_jax.errors import UserError
 
-TINY = [
-    "--config=configs/quickstart.py",
-    "--config.model.base_channels=8",
-    "--config.model.channel_multipliers=(1,2)",
-    "--config.model.transformer_depth=1",
-    "--config.model.emb_dim=16",
-    "--config.model.num_heads=1",
-]
+TINY = config_args(tiny_config(**TWO_STEP_RUN))
 SAMPLE = [
     "--mode=sample",
-    "--config.sample.num_samples=12",  # Two batches of 8, the second one padded.
-    "--config.sample.batch_size=8",  # Divides by 1 and 8 devices.
-    "--config.sample.num_steps=3",
-    "--config.sample.guidance_scale=2.0",
+    *config_args(tiny_config(**TWO_STEP_RUN, **{
+        "sample.num_samples": 12,  # Two batches of 8, the second one padded.
+        "sample.batch_size": 8,  # Divides by 1 and 8 devices.
+        "sample.num_steps": 3,
+        "sample.guidance_scale": 2.0,
+    })),
 ]
 
 
@@ -34,15 +29,13 @@ SAMPLE = [
 def workdir(tmp_path_factory) -> Path:
     """A workdir trained for 2 steps with a tiny quickstart config."""
     wd = tmp_path_factory.mktemp("run")
-    proc = run_launch([*TINY, f"--workdir={wd}", "--config.train.num_steps=2",
-                       "--config.train.batch_size=8", "--config.train.sample_every=0",
-                       "--config.train.tensorboard=False"])
+    proc = run_launch([*TINY, f"--workdir={wd}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return wd
 
 
 def _sample(workdir: Path, num_devices: int) -> tuple[Path, dict[str, np.ndarray]]:
-    proc = run_launch([*TINY, *SAMPLE, f"--workdir={workdir}"], num_devices=num_devices)
+    proc = run_launch([*SAMPLE, f"--workdir={workdir}"], num_devices=num_devices)
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = Path(proc.stdout.strip().splitlines()[-1])  # The last stdout line is the .npz path.
     assert path.is_file() and path.parent == workdir / "samples" and path.suffix == ".npz"

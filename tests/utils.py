@@ -68,9 +68,12 @@ def tiny_config(**overrides):
     return c
 
 
-def config_args(config) -> list[str]:
-    """`--config.path=value` flags that turn configs/quickstart.py into `config` (for run_launch).
-    """
+# tiny_config() overrides for a two-step run at the quickstart's 16x16 (sweep, notebook, sampling).
+TWO_STEP_RUN = {"model.image_size": 16, "train.num_steps": 2, "train.checkpoint_every": 2}
+
+
+def override_args(config) -> list[str]:
+    """`--config.path=value` flags that turn configs/quickstart.py into `config`."""
     from configs import quickstart
 
     args = []
@@ -80,7 +83,13 @@ def config_args(config) -> list[str]:
             if hasattr(value, "items"):
                 walk(value, ref[key], f"{prefix}{key}.")
             elif value != ref[key]:
-                args.append(f"--config.{prefix}{key}={value}")
+                text = str(value).replace(" ", "") if isinstance(value, tuple) else value
+                args.append(f"--config.{prefix}{key}={text}")
 
     walk(config, quickstart.get_config(), "")
-    return ["--config=configs/quickstart.py", *args]
+    return args
+
+
+def config_args(config) -> list[str]:
+    """launch.py flags (config file + overrides) that load `config`."""
+    return ["--config=configs/quickstart.py", *override_args(config)]
