@@ -128,6 +128,7 @@ def get_config() -> ml_collections.ConfigDict:
     # reference stats (legacy bilinear, (x-128)/128); 'pytorch_fid': pytorch-fid's (half-pixel).
     e.reference_npz = config_dict.placeholder(str)  # ADM reference batch (.npz: mu/sigma or arr_0).
     e.samples_npz = config_dict.placeholder(str)  # Samples to evaluate (None: newest in workdir).
+    e.digits_classifier = config_dict.placeholder(str)  # FD-digits net .npz (None: ~/.cache/sd_jax/, trained on first use).
     e.batch_size = 200  # Inception batch size (rounded up to a multiple of the local devices).
     e.is_splits = 10  # Inception Score splits (improved-GAN / ADM: 10 for 50k).
     e.sfid = True  # Also sFID (ADM: mixed_6/conv features); needs mu_s/sigma_s in the reference.
