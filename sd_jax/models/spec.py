@@ -77,6 +77,24 @@ class ModelSpec:
         return {"none": 1, "dwt1": 2, "dwt2": 4, "patch": self.patch_size}[self.input_transform]
 
     @property
+    def input_channels(self) -> int:
+        """Channels the first conv sees after the lossless input transform (48 for DWT-2 of RGB)."""
+        return self.image_channels * self.transform_factor**2
+
+    def level_width(self, i: int) -> int:
+        """Width of conv level i: `base_channels * channel_multipliers[i]`, and for the first
+        level at least `input_channels`.
+
+        Why the floor: the stem (a conv from the input's C channels) and the output head (a conv
+        into them) are linear maps between the input and the first level's features. With fewer
+        features than C the head's outputs span at most a (width / C) fraction of the image space:
+        in the rest the network cannot predict the noise, so DDPM/DDIM carry the initial noise
+        through to t = 0 (docs/resolution.md measures it: 64 px, DWT-2, width 32 < 48).
+        """
+        width = self.base_channels * self.channel_multipliers[i]
+        return max(width, self.input_channels) if i == 0 else width
+
+    @property
     def is_uvit(self) -> bool:
         return self.arch in ("uvit", "residual_uvit")
 
@@ -105,8 +123,8 @@ class ModelSpec:
             into_transformer = self.is_uvit and i == num_conv - 1
             levels.append(Level(
                 resolution=res,
-                channels=self.base_channels * mults[i],
-                down_channels=None if last else self.base_channels * mults[i + 1],
+                channels=self.level_width(i),
+                down_channels=None if last else self.level_width(i + 1),
                 down_logical="embed" if into_transformer else "conv_out",
                 attention=self.arch == "unet" and res in self.attention_resolutions,
                 dropout=self.dropout_at(res),
@@ -128,9 +146,8 @@ class ModelSpec:
             raise UserError(
                 f"model.image_size={self.image_size} is not divisible by the total downsampling "
                 f"{total} (input transform x 2 per level); change channel_multipliers")
-        widths = [self.base_channels * m for m in self.channel_multipliers]
         attn_widths = [self.transformer_width] if self.is_uvit else [
-            lv.channels for lv in self.levels() if lv.attention] + [widths[-1]]
+            lv.channels for lv in self.levels() if lv.attention] + [self.levels()[-1].channels]
         for w in attn_widths:
             if w % self.num_heads:
                 raise UserError(f"attention width {w} is not divisible by num_heads="
