@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.image_channels = 3  # RGB.
     m.input_transform = "dwt2"  # 'none' | 'dwt1' | 'dwt2' (Haar) | 'patch' (space-to-depth); paper: DWT-2 at 512.
     m.patch_size = 4  # Space-to-depth patch size when input_transform == 'patch'.
+    m.colour_transform = "none"  # 'none' | 'opponent': orthonormal grey + 2 colour differences before the input transform (docs/resolution.md); paper: none.
     m.base_channels = 128  # Paper appendix: 128 channels on the first level.
     m.channel_multipliers = (1, 2, 4, 16)  # Paper: 128/256/512 on conv levels, 2048 at the transformer.
     m.num_res_blocks = 2  # ResNet blocks per conv level on the way down (paper: 2).

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from sd_jax.errors import UserError
+from sd_jax.models.colour import COLOUR_TRANSFORMS
 
 ARCHS = ("uvit", "residual_uvit", "unet")
 TRANSFORMS = ("none", "dwt1", "dwt2", "patch")
@@ -51,6 +52,7 @@ class ModelSpec:
     dtype: str
     remat: str
     attention_impl: str
+    colour_transform: str
 
     @classmethod
     def from_config(cls, model_cfg: ml_collections.ConfigDict) -> ModelSpec:
@@ -58,6 +60,7 @@ class ModelSpec:
         names = [f.name for f in dataclasses.fields(cls)]
         values = {n: model_cfg[n] for n in names if n in model_cfg}
         values.setdefault("attention_impl", "xla")
+        values.setdefault("colour_transform", "none")
         missing = sorted(set(names) - set(values))
         if missing:
             raise UserError(f"config.model is missing fields {missing}; build on configs/base.py")
@@ -135,10 +138,13 @@ class ModelSpec:
     def validate(self) -> None:
         """Raises UserError when the config cannot describe a network."""
         choices = [("arch", ARCHS), ("input_transform", TRANSFORMS), ("remat", REMAT),
-                   ("attention_impl", ATTENTION_IMPLS)]
+                   ("attention_impl", ATTENTION_IMPLS), ("colour_transform", COLOUR_TRANSFORMS)]
         for field, allowed in choices:
             if getattr(self, field) not in allowed:
                 raise UserError(f"model.{field}={getattr(self, field)!r}; use one of {allowed}")
+        if self.colour_transform != "none" and self.image_channels != 3:
+            raise UserError(f"model.colour_transform={self.colour_transform!r} needs RGB images "
+                            f"(image_channels=3, got {self.image_channels}); use 'none'")
         if self.is_uvit and len(self.channel_multipliers) < 2:
             raise UserError("U-ViT needs >= 2 channel_multipliers (conv levels + transformer)")
         total = self.transform_factor * 2 ** (len(self.channel_multipliers) - 1)

@@ -1,10 +1,10 @@
 """The paper's U-Net baseline, and the conv encoder/decoder that the U-ViTs share with it.
 
-Layout (ADM-style): input transform -> 3x3 conv stem -> per level `num_res_blocks` ResBlocks
-(+ self-attention at `attention_resolutions`), each output kept as a U-Net skip -> 2x2 stride-2
-conv down -> middle -> per level: 2x2 stride-2 transposed conv up, `num_res_blocks + 1`
+Layout (ADM-style): colour and input transform -> 3x3 conv stem -> per level `num_res_blocks`
+ResBlocks (+ self-attention at `attention_resolutions`), each output kept as a U-Net skip -> 2x2
+stride-2 conv down -> middle -> per level: 2x2 stride-2 transposed conv up, `num_res_blocks + 1`
 ResBlocks on [h, skip] -> GroupNorm-swish-conv head (zero-initialised, float32) -> inverse
-transform. With `residual_skips` (SiD2's residual U-ViT) there are no block-wise skips; each
+transforms. With `residual_skips` (SiD2's residual U-ViT) there are no block-wise skips; each
 down/up step is wrapped in one residual: `h = up(x - h_after_down) + h_before_down`.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sd_jax.models import layers, transforms
+from sd_jax.models import colour, layers, transforms
 from sd_jax.models.spec import Level, ModelSpec
 
 
@@ -61,7 +61,8 @@ class UNet(nn.Module):
                  train: bool = False) -> jnp.ndarray:
         """Maps noisy images [B, H, W, C] to the v / eps prediction, float32, same shape."""
         spec, dtype = self.spec, self.spec.compute_dtype
-        x = transforms.forward(z_bhwc.astype(jnp.float32), spec.input_transform, spec.patch_size)
+        x = colour.forward(z_bhwc.astype(jnp.float32), spec.colour_transform)
+        x = transforms.forward(x, spec.input_transform, spec.patch_size)
         emb = layers.ConditionEmbedding(spec.emb_dim, spec.num_classes, name="cond")(
             logsnr_b, labels_b)
         levels = spec.levels()
@@ -96,4 +97,4 @@ class UNet(nn.Module):
         h = nn.swish(layers.group_norm(h.shape[-1], name="out_norm")(h))
         out = layers.conv(x.shape[-1], 3, jnp.float32, zero=True, name="out_conv")(h)
         out = transforms.inverse(out, spec.input_transform, spec.patch_size)
-        return out.astype(jnp.float32)
+        return colour.inverse(out, spec.colour_transform).astype(jnp.float32)

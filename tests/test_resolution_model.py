@@ -1,4 +1,7 @@
-"""The first conv level is at least as wide as the transformed input (docs/resolution.md).
+"""Model changes for clean samples at resolution (docs/resolution.md): the first level's width
+floor and the opponent colour transform.
+
+The first conv level is at least as wide as the transformed input.
 
 Without it a DWT-2 / 4x4-patch model of RGB images (48 input channels) with a 32-wide first level
 can only output a noise prediction in 2/3 of the image space, and its samples keep the initial
@@ -14,7 +17,8 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from sd_jax.models import ModelSpec, build_model
+from sd_jax.errors import UserError
+from sd_jax.models import ModelSpec, build_model, colour
 from sd_jax.models.spec import num_groups
 
 # XLA:CPU spends most of the time compiling; these tiny graphs do not need optimising.
@@ -74,3 +78,29 @@ def test_network_jacobian_has_full_rank_only_with_the_floor(monkeypatch):
     narrow = build_model(model_config("dwt2", 8, image_size=8))
     rank, _ = _jacobian_rank(_random_params(narrow, z), narrow, z)
     assert rank <= 32
+
+
+def test_opponent_colour_transform_is_orthonormal_and_isolates_grey():
+    basis = colour.OPPONENT.astype(np.float64)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(3), atol=1e-7)  # float32 entries.
+    grey = np.repeat(np.random.default_rng(0).normal(size=(2, 4, 4, 1)), 3, axis=-1)
+    rotated = np.asarray(colour.forward(jnp.asarray(grey, jnp.float32), "opponent"))
+    np.testing.assert_allclose(rotated[..., 1:], 0.0, atol=1e-6)  # Grey has no colour part.
+    np.testing.assert_allclose(rotated[..., 0], grey[..., 0] * np.sqrt(3), rtol=1e-6)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 4, 3)), jnp.float32)
+    np.testing.assert_allclose(colour.inverse(colour.forward(x, "opponent"), "opponent"), x,
+                               atol=1e-6)
+    assert colour.forward(x, "none") is x
+
+
+def test_opponent_model_runs_and_needs_rgb():
+    cfg = model_config("dwt2", 8, image_size=8)
+    cfg.colour_transform = "opponent"
+    model = build_model(cfg)
+    z = jnp.zeros((2, 8, 8, 3))
+    out = jax.eval_shape(model.init, jax.random.PRNGKey(0), z, jnp.zeros((2,)),
+                         jnp.zeros((2,), jnp.int32))
+    assert out["params"]["stem"]["kernel"].value.shape[2] == 48
+    cfg.image_channels = 1
+    with pytest.raises(UserError, match="colour_transform='opponent' needs RGB"):
+        ModelSpec.from_config(cfg)
