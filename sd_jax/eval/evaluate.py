@@ -24,7 +24,7 @@ import numpy as np
 from sd_jax.errors import UserError
 from sd_jax.eval import fid, inception, npz_io
 
-REFERENCE_HELP = (
+REF_BATCH_HELP = (
     "Download the ADM reference batch for your dataset (e.g. VIRTUAL_imagenet512.npz, "
     "VIRTUAL_imagenet256_labeled.npz) from https://github.com/openai/guided-diffusion/tree/main/"
     "evaluations and pass --config.eval.reference_npz=PATH "
@@ -61,12 +61,12 @@ def image_stats(path: str | Path, extract_fn: fid.ExtractFn, batch_size: int,
 def check_reference(path: str | None) -> list[str]:
     """Raises UserError unless `path` is an .npz with mu/sigma or arr_0; returns its keys."""
     if not path:
-        raise UserError(f"config.eval.reference_npz is not set. {REFERENCE_HELP}")
+        raise UserError(f"config.eval.reference_npz is not set. {REF_BATCH_HELP}")
     if not Path(path).is_file():
-        raise UserError(f"reference batch {path} does not exist. {REFERENCE_HELP}")
+        raise UserError(f"reference batch {path} does not exist. {REF_BATCH_HELP}")
     names = npz_io.keys(path)
     if not ({"mu", "sigma"} <= set(names) or "arr_0" in names):
-        raise UserError(f"{path} has neither mu/sigma nor arr_0 images. {REFERENCE_HELP}")
+        raise UserError(f"{path} has neither mu/sigma nor arr_0 images. {REF_BATCH_HELP}")
     return names
 
 
