@@ -93,3 +93,31 @@ def override_args(config) -> list[str]:
 def config_args(config) -> list[str]:
     """launch.py flags (config file + overrides) that load `config`."""
     return ["--config=configs/quickstart.py", *override_args(config)]
+
+
+DAMAGE_KINDS = ("truncate", "metadata", "flip")
+
+
+def damage_checkpoint(step_dir, kind: str) -> Path:
+    """Damages a saved checkpoint as a full disk, a bad copy or bit rot would; returns the file.
+
+    'truncate': the largest array data file (OCDBT, zstd-compressed chunks) is cut to half its
+    size; 'metadata': the tree
+    metadata `state/_METADATA` is deleted; 'flip': one byte in the middle of the largest array
+    data file is inverted, the size unchanged.
+    """
+    state = Path(step_dir) / "state"
+    if kind == "metadata":
+        (state / "_METADATA").unlink()
+        return state / "_METADATA"
+    data = max((p for p in state.glob("ocdbt.process_*/d/*") if p.is_file()),  # Array chunks.
+               key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    if kind == "truncate":
+        raw = raw[: len(raw) // 2]
+    elif kind == "flip":
+        raw[len(raw) // 2] ^= 0xFF
+    else:
+        raise ValueError(kind)
+    data.write_bytes(bytes(raw))
+    return data
