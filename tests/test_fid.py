@@ -123,7 +123,7 @@ def test_npz_stream_roundtrip(tmp_path):
         writer.write(images[:4])
         writer.write(images[4:])
         writer.close(arr_1=labels)
-    with np.load(path) as npz:
+    with np.load(path, allow_pickle=False) as npz:
         np.testing.assert_array_equal(npz["arr_0"], images)
         np.testing.assert_array_equal(npz["arr_1"], labels)
     assert npz_io.keys(path) == ["arr_0", "arr_1"]

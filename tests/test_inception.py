@@ -141,6 +141,7 @@ def test_eval_mode_end_to_end(weights, tmp_path):
     assert line["step"] == 7 and line["eval/fid"] == results["fid"]
     config = quickstart.get_config()  # Eval mode with a missing weights file: a clear error.
     config.eval.inception_weights = str(tmp_path / "none.npz")
+    config.eval.reference_npz = str(tmp_path / "ref.npz")
     with pytest.raises(UserError, match="Inception weights file .* does not exist"):
         evaluate.run(config, str(workdir))
 
