@@ -132,6 +132,10 @@ cfg = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 4})
 restored, meta = restore(W + "/straight", cfg, jax.devices())
 assert meta["step"] == 6 and meta["seed"] == cfg.seed, meta
 assert len(restored.params["stem"]["kernel"].sharding.device_set) == 8
+# Checksums of the arrays split over 8 devices equal those saved from one device.
+from sd_jax import checkpoint_integrity
+saved = {k: v for k, v in meta["checksums"].items() if k.startswith("params/")}
+assert checkpoint_integrity.fingerprints({"params": restored.params}) == saved
 ref = np.load(W + "/straight.npz", allow_pickle=False)
 for k, v in flat(restored.params).items():
     np.testing.assert_array_equal(v, ref[k], err_msg=k)

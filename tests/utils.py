@@ -9,6 +9,18 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+U32 = 2.0**-24  # float32 unit roundoff: the relative rounding error bound of one operation.
+
+
+def float32_sum_error(num_terms: int) -> float:
+    """(n - 1) u: bound on the rounding error of a float32 sum of n terms, relative to the sum of
+    their magnitudes (Higham, Accuracy and Stability of Numerical Algorithms, eq. 3.5).
+
+    The yardstick for two float32 evaluations of one formula that differ only in the order of
+    operations (fusion, vectorisation, recomputation): it holds on any CPU, unlike a tolerance
+    read off one machine.
+    """
+    return max(num_terms - 1, 1) * U32
 
 
 def child_env(num_devices: int = 1) -> dict[str, str]:
