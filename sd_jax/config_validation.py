@@ -43,17 +43,18 @@ def _choices() -> dict[str, tuple[Any, ...]]:
     }
 
 
-# Config path -> (test, what it must be). Integers that count or divide must be >= 1.
-_POSITIVE = (
+# Numeric fields by the range they must lie in (checked by _RULES, one line per failure).
+_POSITIVE = (  # Counts, periods and sizes: a 0 would divide by zero or do nothing.
     "train.num_steps", "train.batch_size", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.stop_check_every", "train.sample_grid_size",
     "sample.num_steps", "sample.batch_size", "sample.num_samples", "eval.batch_size",
-    "eval.is_splits", "eval.fid_num_samples", "data.num_workers", "optimizer.learning_rate",
+    "eval.is_splits", "eval.fid_num_samples", "optimizer.learning_rate",
     "diffusion.noise_d", "diffusion.noise_d_low", "diffusion.noise_d_high",
     "diffusion.multiscale_min_size",
 )
 _NON_NEGATIVE = (
     "train.sample_every", "eval.fid_every", "optimizer.warmup_steps", "optimizer.weight_decay",
+    "data.num_workers",  # 0: decode in the calling thread.
     "optimizer.grad_clip", "optimizer.eps", "sample.guidance_scale",
 )
 _UNIT_INTERVAL = (  # Probabilities, decays and interpolation weights: in [0, 1].
