@@ -18,8 +18,8 @@ from sd_jax.generate import generate
 from sd_jax.train_step import make_train_step
 
 TRAIN_RNG, SAMPLE_RNG = 1, 2  # fold_in tags of the seed's key (the key itself inits params).
-# A NaN this soon after a restore points at the checkpoint (a bit flip in Adam's second moment
-# gives NaN at the first step), not at the learning rate.
+# A NaN this soon after a restore points at the checkpoint (a sign flip in Adam's second moment
+# gives NaN within two steps), not at the learning rate.
 RESTORE_SUSPECT_STEPS = 10
 
 
