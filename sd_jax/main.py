@@ -62,7 +62,11 @@ def log_devices() -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str) -> None:
-    """Runs one mode. Modules are imported lazily so `inspect` never imports the data layer."""
+    """Validates the whole config, then runs one mode. Modules are imported lazily so `inspect`
+    never imports the data layer."""
+    from sd_jax import config_validation
+
+    config_validation.validate(config, mode)  # Before any data, state or compilation.
     if mode == "inspect":
         from sd_jax import inspect_model
 
@@ -70,6 +74,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str) -> No
         return
     if workdir is None:
         raise UserError(f"--workdir is required for --mode={mode}")
+    # Train creates the workdir; sample and eval need one that exists (with checkpoints or
+    # samples) and report a missing one themselves. All of them write there.
+    config_validation.check_workdir(workdir, create=mode == "train")
     if mode == "train":
         from sd_jax import trainer
 
@@ -78,12 +85,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str) -> No
         from sd_jax import sample_mode
 
         sample_mode.run(config, workdir)
-    elif mode == "eval":
+    else:
         from sd_jax.eval import evaluate
 
         evaluate.run(config, workdir)
-    else:
-        raise UserError(f"unknown --mode={mode}; use train, sample, eval or inspect")
 
 
 def run_cli(

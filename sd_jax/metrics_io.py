@@ -20,6 +20,8 @@ from sd_jax.errors import UserError
 from sd_jax.tf_cpu import import_tensorflow
 
 METRICS_FILE = "metrics.jsonl"
+DIVERGENCE_ADVICE = ("the last checkpoint is intact; lower config.optimizer.learning_rate or "
+                     "check the data")
 
 
 def _tensorboard_writer(logdir: Path) -> Any:
@@ -37,13 +39,11 @@ def _tensorboard_writer(logdir: Path) -> Any:
     return metric_writers.create_default_writer(str(logdir), asynchronous=True)
 
 
-def check_finite(step: int, loss: float) -> None:
-    """Raises UserError naming the step when the loss is NaN or Inf."""
+def check_finite(step: int, loss: float, advice: str = DIVERGENCE_ADVICE) -> None:
+    """Raises UserError naming the step when the loss is NaN or Inf; `advice` ends the line."""
     if not math.isfinite(loss):
-        raise UserError(
-            f"loss is {loss} at step {step}; stopping without saving this state (the last "
-            "checkpoint is intact). Lower config.optimizer.learning_rate or check the data"
-        )
+        raise UserError(f"loss is {loss} at step {step}; stopping without saving this state: "
+                        f"{advice}")
 
 
 def format_duration(seconds: float) -> str:

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from sd_jax import checkpoint_integrity as integrity
 from sd_jax import checkpointing, images, models, sharding
 from sd_jax.errors import UserError
 from sd_jax.eval import npz_io
@@ -101,7 +102,8 @@ def write_samples(model: Any, params: Any, config: ml_collections.ConfigDict, me
                 "guidance_logsnr_min": s.guidance_logsnr_min,
                 "guidance_logsnr_max": s.guidance_logsnr_max, "sampler": s.sampler,
                 "num_steps": s.num_steps, "noise_param": s.noise_param, "seed": config.seed,
-                "use_ema": s.use_ema, "labels": s.labels}
+                "use_ema": s.use_ema, "labels": s.labels,
+                "model": integrity.model_record(m)}  # Eval refuses samples of another model.
         path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
@@ -126,8 +128,6 @@ def with_overrides(config: ml_collections.ConfigDict, **sample: Any) -> ml_colle
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> Path:
     """`--mode=sample`: restores, samples, writes; prints the .npz path as the last line."""
-    if config.sample.num_samples <= 0:
-        raise UserError("config.sample.num_samples must be positive")
     model, params, mesh, step = load_for_sampling(config, workdir)
     path = write_samples(model, params, config, mesh, step, workdir)
     if jax.process_index() == 0:

@@ -18,6 +18,9 @@ from sd_jax.generate import generate
 from sd_jax.train_step import make_train_step
 
 TRAIN_RNG, SAMPLE_RNG = 1, 2  # fold_in tags of the seed's key (the key itself inits params).
+# A NaN this soon after a restore points at the checkpoint (a sign flip in Adam's second moment
+# gives NaN within two steps), not at the learning rate.
+RESTORE_SUSPECT_STEPS = 10
 
 
 @jax.jit
@@ -40,11 +43,23 @@ def save_sample_grid(
     return images.save_png(grid, workdir / "samples" / f"step_{step:08d}.png")
 
 
+def divergence_advice(step: int, resumed: tuple[int, Path] | None) -> str:
+    """What to do about a NaN/Inf at `step`; `resumed` = (step, directory) of the restore."""
+    if resumed is not None and step - resumed[0] <= RESTORE_SUSPECT_STEPS:
+        since, where = step - resumed[0], resumed[1]
+        return (f"this is {since} step(s) after resuming from checkpoint {where}, which may be "
+                f"damaged: move it to {where.parent.parent / checkpointing.DAMAGED_DIR}/ and rerun "
+                "to resume from the one before (a lower learning rate would not help)")
+    return metrics_io.DIVERGENCE_ADVICE
+
+
 class _LaggedMetrics:
     """Holds a step's device metrics and reads them only after the next step is dispatched."""
 
-    def __init__(self, logger: metrics_io.MetricsLogger, log_every: int, num_steps: int):
+    def __init__(self, logger: metrics_io.MetricsLogger, log_every: int, num_steps: int,
+                 resumed: tuple[int, Path] | None = None):
         self.logger, self.log_every, self.num_steps = logger, log_every, num_steps
+        self.resumed = resumed
         self.pending: tuple[int, dict[str, jax.Array]] | None = None
 
     def push(self, step: int, metrics: dict[str, jax.Array]) -> None:
@@ -59,7 +74,7 @@ class _LaggedMetrics:
         step, metrics = self.pending
         self.pending = None
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        metrics_io.check_finite(step, host["loss"])
+        metrics_io.check_finite(step, host["loss"], divergence_advice(step, self.resumed))
         if step % self.log_every == 0 or step == self.num_steps:
             self.logger.log(step, host)
 
@@ -78,14 +93,14 @@ def _restore_or_init(
     ckpt: checkpointing.Checkpointer, model: Any, tx: Any, config: ml_collections.ConfigDict,
     mesh: Mesh,
 ) -> tuple[train_state.TrainState, Any, int]:
-    """Resumes from the newest checkpoint in the workdir, else initialises. -> (state, shardings,
-    step)."""
+    """Resumes from the newest intact checkpoint in the workdir, else initialises.
+    -> (state, shardings, step)."""
     abstract, shardings = train_state.state_shardings(model, tx, config, mesh)
-    step = ckpt.latest_step()
-    if step is None:
+    found = ckpt.restore_newest_intact(abstract, config.model)
+    if found is None:
         state, _ = train_state.create_train_state(model, tx, config, mesh)
         return state, shardings, 0
-    state, meta = ckpt.restore(abstract, step)
+    state, meta, step = found
     checkpointing.check_meta(meta, config)
     logging.info("resumed from the checkpoint at step %d", step)
     print(f"resuming from step {step}", flush=True)
@@ -109,7 +124,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> train_state
     model = models.build_model(config.model)
     tx = train_state.make_optimizer(config.optimizer)
     ckpt = checkpointing.Checkpointer(workdir, keep=t.keep_checkpoints)
-    state, shardings, start = _restore_or_init(ckpt, model, tx, config, mesh)
+    try:
+        state, shardings, start = _restore_or_init(ckpt, model, tx, config, mesh)
+    except BaseException:  # E.g. a checkpoint of another model: no threads left behind.
+        ckpt.close()
+        loader.close()
+        raise
     if jax.process_index() == 0:
         print(metrics_io.param_overview(state.params), flush=True)
     step_fn = make_train_step(model, tx, config, mesh, shardings)
@@ -120,14 +140,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> train_state
         workdir, num_steps=t.num_steps, batch_size=t.batch_size, start_step=start,
         tensorboard=t.tensorboard,
     )
-    lagged = _LaggedMetrics(logger, max(int(t.log_every), 1), t.num_steps)
+    resumed = (start, ckpt.directory / str(start)) if start else None
+    lagged = _LaggedMetrics(logger, max(int(t.log_every), 1), t.num_steps, resumed)
     stop = checkpointing.StopSignal(t.stop_check_every)
 
     def save(step: int) -> None:
         lagged.flush()  # The NaN check of the step that produced this state comes first.
         if not bool(_all_finite(state.params)):
-            raise UserError(f"parameters are NaN/Inf after step {step}; not saving them (the "
-                            "last checkpoint is intact). Lower config.optimizer.learning_rate")
+            raise UserError(f"parameters are NaN/Inf after step {step}; not saving them: "
+                            f"{divergence_advice(step, resumed)}")
         ckpt.save(step, state, checkpointing.data_meta(step, config))
 
     try:

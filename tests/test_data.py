@@ -217,6 +217,18 @@ def test_flat_folder_is_unconditional(tmp_path):
     np.testing.assert_array_equal(batch["label"], np.zeros(4, np.int32))
 
 
+def test_sixteen_bit_png_is_scaled_to_eight_bits_not_clipped(tmp_path):
+    gray16 = np.arange(0, 65536, 257 * 17, dtype=np.uint16).reshape(4, 4)  # 0, 4369, ..., 65535
+    gray16[0, 1] = 300  # Not a multiple of 257: rounds to the nearest 8-bit level (1).
+    Image.fromarray(gray16).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")  # Really stored as 16 bits.
+    image, _ = FolderSource(tmp_path)[0]
+    assert image.dtype == np.uint8 and image.shape == (4, 4, 3)
+    expected = np.rint(gray16 / 257.0).astype(np.uint8)  # 65535 -> 255, 4369 -> 17.
+    for channel in range(3):
+        np.testing.assert_array_equal(image[..., channel], expected)
+
+
 def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
     for i in range(6):
         write_jpeg(tmp_path / f"good{i}.jpg")

@@ -11,7 +11,14 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from utils import tiny_config
 
-from sd_jax import checkpointing, metrics_io, sharding, train_state, train_step
+from sd_jax import (
+    checkpoint_integrity,
+    checkpointing,
+    metrics_io,
+    sharding,
+    train_state,
+    train_step,
+)
 from sd_jax.errors import UserError
 
 RULES = sharding.rules_from_config(tiny_config())
@@ -128,7 +135,8 @@ def test_checkpoints_keep_last_k_and_ignore_interrupted_saves(tmp_path):
     state, meta = ckpt.restore(abstract)
     ckpt.close()
     np.testing.assert_array_equal(state["w"], np.full((4, 2), 3.0))
-    assert meta == {"step": 3, "seed": 0}
+    assert {k: meta[k] for k in ("step", "seed")} == {"step": 3, "seed": 0}
+    assert meta["checksums"] == checkpoint_integrity.fingerprints(_tree(3))
     assert not partial.exists()  # Cleaned up on start.
 
 

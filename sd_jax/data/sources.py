@@ -140,6 +140,18 @@ class FolderSource:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        with Image.open(self.paths[index]) as image:
-            image = image.convert("RGB")  # Decodes; raises on corrupt/truncated files.
-        return np.asarray(image), int(self.labels[index])
+        return decode_rgb8(self.paths[index]), int(self.labels[index])
+
+
+# Pillow's modes for 16-bit grayscale (PNG); `convert("RGB")` would clip them at 255.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def decode_rgb8(path: str | os.PathLike) -> np.ndarray:
+    """uint8 [H, W, 3] of an image file; 16-bit images are scaled to 8 bits (65535 -> 255), not
+    clipped. Raises on corrupt or truncated files."""
+    with Image.open(path) as image:
+        if image.mode in _SIXTEEN_BIT_MODES:  # Pillow already reduces 16-bit RGB to 8 bits.
+            gray = np.rint(np.asarray(image, np.float64) / 257.0)  # 257 = 65535 / 255.
+            return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+        return np.asarray(image.convert("RGB"))  # Decodes the pixels.

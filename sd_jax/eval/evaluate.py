@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from sd_jax import checkpoint_integrity as integrity
 from sd_jax.errors import UserError
 from sd_jax.eval import fid, inception, npz_io
 
@@ -32,6 +33,8 @@ REF_BATCH_HELP = (
 )
 
 
+# config.model fields that change how the network is computed, not what it is.
+COMPUTE_ONLY_FIELDS = ("dtype", "remat", "attention_impl", "dropout", "dropout_max_resolution")
 LOGGED_KEYS = ("fid", "sfid", "inception_score", "inception_score_std", "num_samples",
                "guidance_scale")
 
@@ -44,29 +47,53 @@ def build_extractor(eval_cfg: ml_collections.ConfigDict) -> tuple[fid.ExtractFn,
     return extract, batch_size
 
 
-def _check_images(path: Path, shape: tuple[int, ...]) -> None:
+def check_images(path: str | Path, what: str = "samples") -> tuple[int, ...]:
+    """Raises UserError unless `arr_0` is uint8 [N, H, W, 1 or 3] (read from its header only, so
+    before any Inception work); returns its shape."""
+    shape, dtype = npz_io.array_header(path, "arr_0", what)
     if len(shape) != 4 or shape[-1] not in (1, 3):
-        raise UserError(f"{path}: arr_0 has shape {shape}; expected [N, H, W, 3] (ADM format)")
+        raise UserError(f"{what} {path}: arr_0 has shape {shape}; expected [N, H, W, 3] "
+                        "(ADM format)")
+    if dtype != np.uint8:
+        raise UserError(f"{what} {path}: arr_0 is {dtype}; expected uint8 images in [0, 255] "
+                        "(ADM format; float images in [0, 1] would be scored as nearly black)")
+    return shape
 
 
 def image_stats(path: str | Path, extract_fn: fid.ExtractFn, batch_size: int,
                 with_spatial: bool = True) -> fid.ImageStats:
     """Inception statistics of `arr_0` of an ADM-format .npz, streamed in batches."""
     path = Path(path)
-    _check_images(path, npz_io.array_shape(path, "arr_0"))
+    check_images(path)
     return fid.compute_image_stats(npz_io.iter_rows(path, "arr_0", 10 * batch_size),
                                    extract_fn, batch_size, with_spatial)
 
 
-def check_reference(path: str | None) -> list[str]:
-    """Raises UserError unless `path` is an .npz with mu/sigma or arr_0; returns its keys."""
+def check_reference(path: str | None,
+                    feature_dims: dict[str, int] = inception.FEATURE_DIMS) -> list[str]:
+    """Raises UserError unless `path` is an .npz with mu/sigma of `feature_dims` (mu_s/sigma_s
+    optional) or uint8 arr_0 images; returns its keys. Reads headers only (no Inception)."""
     if not path:
         raise UserError(f"config.eval.reference_npz is not set. {REF_BATCH_HELP}")
     if not Path(path).is_file():
         raise UserError(f"reference batch {path} does not exist. {REF_BATCH_HELP}")
-    names = npz_io.keys(path)
+    what = "reference batch"
+    names = npz_io.keys(path, what)
     if not ({"mu", "sigma"} <= set(names) or "arr_0" in names):
         raise UserError(f"{path} has neither mu/sigma nor arr_0 images. {REF_BATCH_HELP}")
+    if not {"mu", "sigma"} <= set(names):
+        check_images(path, what)
+        return names
+    for mean, dim in feature_dims.items():
+        cov = mean.replace("mu", "sigma")
+        if mean not in names:
+            continue
+        for key, want in ((mean, (dim,)), (cov, (dim, dim))):
+            shape, dtype = npz_io.array_header(path, key, what)
+            if shape != want or dtype.kind != "f":
+                raise UserError(f"{what} {path}: {key} is {dtype} {shape}, expected float {want} "
+                                "(statistics of this Inception network's features). "
+                                f"{REF_BATCH_HELP}")
     return names
 
 
@@ -75,8 +102,8 @@ def reference_stats(path: str | None, extract_fn: fid.ExtractFn, batch_size: int
     """mu/sigma (and mu_s/sigma_s) of a reference .npz: stored ones, else computed from arr_0."""
     names = check_reference(path)
     if "mu" in names and "sigma" in names:
-        with np.load(path) as npz:
-            return {k: npz[k] for k in ("mu", "sigma", "mu_s", "sigma_s") if k in names}
+        stored = npz_io.load(path, "reference batch")
+        return {k: stored[k] for k in ("mu", "sigma", "mu_s", "sigma_s") if k in names}
     stats = image_stats(path, extract_fn, batch_size, with_spatial)
     return {"mu": stats.mu, "sigma": stats.sigma, "mu_s": stats.mu_s, "sigma_s": stats.sigma_s}
 
@@ -99,6 +126,17 @@ def sample_metadata(samples_path: Path) -> dict:
     """The sidecar <name>.json sample mode writes (step, guidance, ...), or {}."""
     meta = samples_path.with_suffix(".json")
     return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def check_samples_model(samples_path: Path, meta: dict, config: ml_collections.ConfigDict
+                        ) -> None:
+    """Raises UserError when the sidecar says the samples came from another `config.model`, so
+    an FID is never reported for the wrong model (compute-only fields are not compared)."""
+    fields = integrity.config_differences(meta.get("model"), config.model, COMPUTE_ONLY_FIELDS)
+    if fields:
+        raise UserError(f"samples {samples_path} were drawn from a different model than "
+                        f"config.model ({', '.join(fields)}); evaluate them with the config they "
+                        "were sampled with, or pick other samples with --config.eval.samples_npz")
 
 
 def evaluate(samples_path: str | Path, reference: dict[str, np.ndarray],
@@ -129,11 +167,14 @@ def write_results(workdir: str | Path, name: str | None, results: dict,
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """`--mode=eval`: evaluates the samples .npz, prints and writes the metrics."""
     samples_path = find_samples(config, workdir)
+    meta = sample_metadata(samples_path)
+    check_samples_model(samples_path, meta, config)
+    check_images(samples_path)  # Every input is checked before Inception runs.
+    check_reference(config.eval.reference_npz)
     extract_fn, batch_size = build_extractor(config.eval)
     start = time.time()
     reference = reference_stats(config.eval.reference_npz, extract_fn, batch_size,
                                 config.eval.sfid)
-    meta = sample_metadata(samples_path)
     results = evaluate(samples_path, reference, extract_fn, config.eval, batch_size)
     results = {**meta, **results, "samples": str(samples_path),  # Measured values win.
                "reference": str(config.eval.reference_npz),

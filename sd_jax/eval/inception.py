@@ -26,11 +26,16 @@ import numpy as np
 from flax import traverse_util
 
 from sd_jax.errors import UserError
+from sd_jax.eval import npz_io
 
 HIGHEST = jax.lax.Precision.HIGHEST  # FID must not depend on TF32 / bf16 matmul defaults.
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
 SPATIAL_CHANNELS = 7  # ADM evaluator: mixed_6/conv[..., :7].
+PREPROCESS_MODES = ("tf1", "pytorch_fid")  # config.eval.inception_preprocess (see `preprocess`).
+# Feature sizes of the statistics in a reference .npz: mu/sigma from pool3, mu_s/sigma_s from
+# mixed_6/conv (17 x 17 grid at 299 px, SPATIAL_CHANNELS channels).
+FEATURE_DIMS = {"mu": 2048, "mu_s": 17 * 17 * SPATIAL_CHANNELS}
 
 WEIGHTS_HELP = (
     "Get pytorch-fid's weights file pt_inception-2015-12-05-6726825d.pth (GitHub release "
@@ -179,8 +184,8 @@ def preprocess(images_bhwc: jax.Array, mode: str = "tf1") -> jax.Array:
     'tf1': legacy TF bilinear resize then (x - 128) / 128, as the TF graph the ADM reference
     statistics were made with. 'pytorch_fid': half-pixel bilinear then x / 127.5 - 1.
     """
-    if mode not in ("tf1", "pytorch_fid"):
-        raise UserError(f"eval.inception_preprocess={mode!r}; use 'tf1' or 'pytorch_fid'")
+    if mode not in PREPROCESS_MODES:
+        raise UserError(f"eval.inception_preprocess={mode!r}; use one of {PREPROCESS_MODES}")
     x = jnp.asarray(images_bhwc, jnp.float32)
     _, h, w, _ = x.shape
     if (h, w) != (INPUT_SIZE, INPUT_SIZE):
@@ -271,8 +276,7 @@ def load_weights(path: str | Path | None) -> dict:
     if path.suffix == ".pth":
         raise UserError(f"{path} is a torch file; convert it first. {WEIGHTS_HELP}")
     expected = traverse_util.flatten_dict(abstract_variables(), sep="/")
-    with np.load(path) as npz:
-        flat = {k: npz[k] for k in npz.files}
+    flat = npz_io.load(path, "Inception weights file")  # Pickles refused; truncation -> one line.
     missing = sorted(set(expected) - set(flat))
     unexpected = sorted(set(flat) - set(expected))
     bad = [k for k in expected if k in flat and flat[k].shape != expected[k].shape]

@@ -2,7 +2,9 @@
 
 50k ImageNet-512 samples are 39 GB of uint8, more than a host may hold, so `arr_0` is written and
 read in row batches. The files are ordinary uncompressed .npz (what `np.savez` writes): `np.load`
-and the ADM evaluator read them unchanged.
+and the ADM evaluator read them unchanged. Files from elsewhere (reference batches, weights) are
+read with `allow_pickle=False`: an object array could run code when unpickled, so it is refused
+with a `UserError`, as is a file that is not an .npz or is truncated.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from sd_jax.errors import UserError
 
 
 class NpzStreamWriter:
@@ -70,10 +74,33 @@ class NpzStreamWriter:
         return self.path
 
 
-def keys(path: str | Path) -> list[str]:
-    """Array names in an .npz."""
-    with zipfile.ZipFile(path) as zf:
-        return [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
+def _unreadable(path: str | Path, what: str, error: BaseException) -> UserError:
+    """One line for an .npz that cannot be read (not a zip, truncated, pickled objects)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if "allow_pickle" in text:  # numpy's refusal of object arrays / pickled files.
+        return UserError(f"{what} {path} holds pickled Python objects, which are refused (loading "
+                         "them could run code); save plain numeric arrays (np.savez)")
+    return UserError(f"{what} {path} is not a readable .npz (truncated or not an .npz file: "
+                     f"{text[:160]})")
+
+
+def keys(path: str | Path, what: str = "file") -> list[str]:
+    """Array names in an .npz; UserError naming `what` if it is not a readable .npz."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [n[: -len(".npy")] for n in zf.namelist() if n.endswith(".npy")]
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise _unreadable(path, what, e) from e
+
+
+def load(path: str | Path, what: str = "file") -> dict[str, np.ndarray]:
+    """Every array of a (small) .npz, with pickles refused; UserError naming `what` on failure."""
+    keys(path, what)  # Not a zip at all: np.load would try to unpickle it.
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise _unreadable(path, what, e) from e
 
 
 def _open_array(zf: zipfile.ZipFile, key: str):
@@ -88,12 +115,21 @@ def _open_array(zf: zipfile.ZipFile, key: str):
     return f, tuple(shape), np.dtype(dtype)
 
 
+def array_header(path: str | Path, key: str = "arr_0", what: str = "file"
+                 ) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of one array, read from its header only (nothing is unpickled)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            f, shape, dtype = _open_array(zf, key)
+            f.close()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, KeyError) as e:
+        raise _unreadable(path, what, e) from e
+    return shape, dtype
+
+
 def array_shape(path: str | Path, key: str = "arr_0") -> tuple[int, ...]:
     """Shape of one array, without reading it."""
-    with zipfile.ZipFile(path) as zf:
-        f, shape, _ = _open_array(zf, key)
-        f.close()
-    return shape
+    return array_header(path, key)[0]
 
 
 def iter_rows(path: str | Path, key: str = "arr_0", batch_rows: int = 1000

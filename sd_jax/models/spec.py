@@ -103,6 +103,13 @@ class ModelSpec:
     def transformer_width(self) -> int:
         return self.base_channels * self.channel_multipliers[-1]
 
+    def attention_widths(self) -> list[int]:
+        """Widths of every self-attention: the transformer's, or the U-Net's attention levels
+        plus its middle block."""
+        if self.has_transformer:
+            return [self.transformer_width]
+        return [lv.channels for lv in self.levels() if lv.attention] + [self.transformer_width]
+
     def dropout_at(self, resolution: int) -> float:
         """Dropout rate for blocks running at `resolution` (paper: only at 16x16 and below)."""
         return self.dropout if resolution <= self.dropout_max_resolution else 0.0
@@ -146,10 +153,7 @@ class ModelSpec:
             raise UserError(
                 f"model.image_size={self.image_size} is not divisible by the total downsampling "
                 f"{total} (input transform x 2 per level); change channel_multipliers")
-        widths = [self.base_channels * m for m in self.channel_multipliers]
-        attn_widths = [self.transformer_width] if self.has_transformer else [
-            lv.channels for lv in self.levels() if lv.attention] + [widths[-1]]
-        for w in attn_widths:
+        for w in self.attention_widths():
             if w % self.num_heads:
                 raise UserError(f"attention width {w} is not divisible by num_heads="
                                 f"{self.num_heads}")
