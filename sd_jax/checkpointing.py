@@ -231,6 +231,12 @@ class Checkpointer:
             multihost_utils.sync_global_devices("sd_jax_damaged_checkpoints_moved")
         self.manager.reload()
 
+    def reached_preemption(self, step: int) -> bool:
+        """Whether JAX's preemption sync point is `step`: a process was told to stop (SIGTERM,
+        e.g. a TPU maintenance event or a spot VM's reclaim) and every process agreed to stop at
+        this step. Call it after every step on every process; False without jax.distributed."""
+        return self.manager.reached_preemption(step)
+
     def wait(self) -> None:
         """Blocks until in-flight async saves are committed."""
         self.manager.wait_until_finished()
@@ -289,12 +295,21 @@ def restore_inference_params(
     return state[key], int(step)
 
 
+def jax_takes_sigterm() -> bool:
+    """True when JAX's preemption service owns SIGTERM: `jax.distributed.initialize()` installed
+    its (C) handler, which tells every process about a SIGTERM on any one of them through the
+    coordination service. A Python handler would replace it, so it is left in place."""
+    return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
+
+
 class StopSignal:
     """SIGTERM / SIGINT set a flag; the trainer checks it between steps, saves and exits.
 
     All processes must stop at the same step, so with several processes the flag is combined
     with an all-reduce every `check_every` steps; a single process checks every step for free.
-    A second signal gets the previous handler (e.g. Ctrl-C twice interrupts at once).
+    A second signal gets the previous handler (e.g. Ctrl-C twice interrupts at once). Under
+    jax.distributed SIGTERM is JAX's (`jax_takes_sigterm`): the trainer stops at the preemption
+    sync point instead (`Checkpointer.reached_preemption`), so only SIGINT is handled here.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -303,8 +318,9 @@ class StopSignal:
         self.received: int | None = None
         self.check_every = max(int(check_every), 1)
         self._previous: dict[int, Any] = {}
+        signals = (signal.SIGINT,) if jax_takes_sigterm() else self.SIGNALS
         if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
+            for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:

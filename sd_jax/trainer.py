@@ -113,8 +113,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     """Trains `config` in `workdir` (a local path or gs://), resuming from its newest checkpoint.
     Returns the final state.
 
-    Saves every `train.checkpoint_every` steps, at the end and on SIGTERM/SIGINT; logs every
-    `train.log_every` steps; samples EMA grids every `train.sample_every` steps.
+    Saves every `train.checkpoint_every` steps, at the end, on SIGTERM/SIGINT and at JAX's
+    preemption sync point; logs every `train.log_every` steps; samples EMA grids every
+    `train.sample_every` steps.
     """
     workdir = paths.as_path(workdir)
     t = config.train
@@ -160,7 +161,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
             state, metrics = step_fn(state, sharding.global_batch(batch, mesh), train_rng)
             step = index + 1  # Steps done, as in checkpoints and metrics.jsonl.
             lagged.push(step, metrics)
-            stopping = stop.should_stop(step)
+            # Asked every step on every process (the sync point is agreed on by step number).
+            preempted = ckpt.reached_preemption(step)
+            signalled = stop.should_stop(step)
+            stopping = preempted or signalled
             if step % t.checkpoint_every == 0 or step == t.num_steps or stopping:
                 save(step)
             if t.sample_every and (step % t.sample_every == 0 or step == t.num_steps):
@@ -168,7 +172,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
             if fid is not None:  # All processes, same steps: sampling is a collective.
                 fid.maybe_fid(step, model, state.ema_params, config, mesh, workdir)
             if stopping:
-                print(f"stopped by signal at step {step}; checkpoint saved", flush=True)
+                why = "by signal" if signalled else "at the preemption sync point"
+                print(f"stopped {why} at step {step}; checkpoint saved", flush=True)
                 break
         lagged.flush()
     finally:
