@@ -232,9 +232,10 @@ class Checkpointer:
         self.manager.reload()
 
     def reached_preemption(self, step: int) -> bool:
-        """Whether JAX's preemption sync point is `step`: a process was told to stop (SIGTERM,
-        e.g. a TPU maintenance event or a spot VM's reclaim) and every process agreed to stop at
-        this step. Call it after every step on every process; False without jax.distributed."""
+        """Whether JAX's preemption sync point is `step`: some process got a preemption notice
+        (in open-source JAX: SIGTERM, e.g. a spot VM's or a scheduler's shutdown) and all agreed
+        to stop at this step. Call it after every step on every process; False without
+        jax.distributed."""
         return self.manager.reached_preemption(step)
 
     def wait(self) -> None:
