@@ -4,13 +4,15 @@ The emulator runs in its own process on 127.0.0.1; each child process here reach
 through the libraries' documented endpoint overrides (`gcs_emulator.client_env`). Each child
 works from an empty temporary directory and checks it is still empty at the end: nothing (no
 directory named `gs:`) is written locally. What is in the bucket is listed over the JSON API,
-not through the libraries under test. Budget: the end-to-end run ~35-45 s on 2 busy cores.
+not through the libraries under test. The children share the session's compile cache with the
+other tiny runs (`test_experiments.jax_cache_dir`), so the model compiled for them is reused.
 """
 
 import os
 
 import pytest
 from gcs_emulator import client_env, object_names, running
+from test_experiments import jax_cache_dir
 from utils import REPO, config_args, run_launch, run_python, tiny_config
 
 BUCKET = "test-bucket"
@@ -104,9 +106,9 @@ print("SAMPLES", path.stem)
 
 
 @pytest.mark.slow
-def test_train_resume_sample_in_a_bucket(gcs, tmp_path):
+def test_train_resume_sample_in_a_bucket(gcs, tmp_path_factory):
     """train -> checkpoint -> exact resume (bitwise) -> sample -> .npz, all in gs://."""
-    out = run_in_bucket(END_TO_END, gcs, tmp_path / "cache")
+    out = run_in_bucket(END_TO_END, gcs, jax_cache_dir(tmp_path_factory))
     stem = out.split("SAMPLES ")[1].split()[0]
     names = object_names(gcs, BUCKET, "run/")
     for run in ("straight", "resumed"):
@@ -174,8 +176,8 @@ print("BUCKET_IO_OK")
 """
 
 
-def test_checkpoint_fallback_npz_and_workdir_check_in_a_bucket(gcs, tmp_path):
-    assert "BUCKET_IO_OK" in run_in_bucket(BUCKET_IO, gcs, tmp_path / "cache")
+def test_checkpoint_fallback_npz_and_workdir_check_in_a_bucket(gcs, tmp_path_factory):
+    assert "BUCKET_IO_OK" in run_in_bucket(BUCKET_IO, gcs, jax_cache_dir(tmp_path_factory))
     names = object_names(gcs, BUCKET, "io/")
     for step in (1, 2):  # 2 written again after the damaged one was moved.
         assert f"io/checkpoints/{step}/commit_success.txt" in names, names

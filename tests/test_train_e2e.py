@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from test_experiments import jax_cache_dir
 from utils import REPO, child_env, config_args, run_launch, run_python, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,7 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("jax_cache")
+    return jax_cache_dir(tmp_path_factory)  # The session's, shared with the other tiny runs.
 
 
 def fast_env(cache_dir, num_devices: int) -> dict[str, str]:
