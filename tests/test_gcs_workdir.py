@@ -186,6 +186,19 @@ def test_checkpoint_fallback_npz_and_workdir_check_in_a_bucket(gcs, tmp_path_fac
     assert not [n for n in names if ".write_test_" in n], names
 
 
+def test_paths_keep_uris_and_make_local_paths_absolute(tmp_path, monkeypatch):
+    from sd_jax import paths
+    from sd_jax.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    uri = paths.as_path("gs://bucket/run") / "checkpoints"
+    assert str(uri) == "gs://bucket/run/checkpoints" and paths.is_uri(uri)
+    assert str(paths.as_path("run/x")) == str(tmp_path / "run" / "x")
+    with pytest.raises(UserError, match="s3:// paths are not supported"):
+        paths.as_path("s3://bucket/run")
+    assert list(tmp_path.iterdir()) == []  # Nothing made locally, no `gs:` directory.
+
+
 def test_gs_workdir_without_gcsfs_is_one_line(tmp_path):
     """No client library: one line naming it, exit 1, and no local `gs:` directory."""
     fake = tmp_path / "site"
