@@ -93,7 +93,7 @@ assert board == {s: float(np.float32(l)) for s, l in resumed.items() if s > 3}, 
 cfg = tiny_config(**{"sample.num_samples": 12})  # Two batches of 8, the second one short.
 main.run(cfg, W + "/resumed", "sample")
 path = evaluate.find_samples(cfg, W + "/resumed")
-with path.open("rb") as f, np.load(f) as npz:
+with path.open("rb") as f, np.load(f, allow_pickle=False) as npz:
     images, labels = npz["arr_0"], npz["arr_1"]
 assert images.shape == (12, 8, 8, 3) and images.dtype == np.uint8 and images.std() > 0
 assert np.array_equal(labels, sample_mode.sample_labels(cfg, 12))
