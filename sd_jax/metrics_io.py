@@ -64,6 +64,9 @@ class _MirroredWriter:
 
     def flush(self) -> None:
         self.writer.flush()
+        self._copy_changed()
+
+    def _copy_changed(self) -> None:
         for folder, _, names in os.walk(self.local):
             for name in names:
                 file = os.path.join(folder, name)
@@ -74,8 +77,8 @@ class _MirroredWriter:
                     self._sizes[file] = size
 
     def close(self) -> None:
-        self.writer.close()
-        self.flush()
+        self.writer.close()  # Flushes; then the files are final.
+        self._copy_changed()
         shutil.rmtree(self.local, ignore_errors=True)
 
 
