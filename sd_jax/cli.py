@@ -100,5 +100,12 @@ def _run(argv: list[str]) -> None:
 
 def main() -> None:
     """Console entry point (`sd-jax`, `python launch.py`)."""
+    # absl's --help lists the key flags of the script that runs (sys.argv[0]), which is not
+    # this module: make ours its key flags, and its usage text ours if it has none.
+    for flag in FLAGS.get_key_flags_for_module(__name__):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    main_module = sys.modules["__main__"]
+    if not main_module.__doc__:
+        main_module.__doc__ = __doc__
     flags.mark_flags_as_required(["config"])
     app.run(_run, flags_parser=parse_flags)
