@@ -81,9 +81,11 @@ class ReadExample(grain.transforms.Map):
     def _flip(self, step: int, row: int) -> bool:
         if not self.random_flip:
             return False
-        if self._flips is None or self._flips[0] != step:
-            self._flips = (step, preprocess.flip_mask(self.seed, step, self.global_batch_size))
-        return bool(self._flips[1][row])
+        flips = self._flips  # Read once: a reader thread may replace it meanwhile.
+        if flips is None or flips[0] != step:
+            flips = (step, preprocess.flip_mask(self.seed, step, self.global_batch_size))
+            self._flips = flips
+        return bool(flips[1][row])
 
     def load(self, index: int) -> tuple[np.ndarray, int, int]:
         """(uint8 [S, S, 3] image, label, records skipped) of source `index` or its substitute."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 from collections.abc import Iterator
 
 import grain
@@ -45,12 +46,17 @@ def check_divisible(global_batch_size: int, process_count: int) -> None:
 
 
 def hide_accelerators(worker_index: int, worker_count: int) -> None:
-    """grain worker init: the workers decode images on the CPU and must never take a GPU or TPU
-    (grain imports jax; tfds may import TensorFlow)."""
+    """grain worker init: the workers decode images on the CPU and must never take a GPU or TPU.
+
+    Nothing in a worker uses JAX or TensorFlow, but grain imports jax and a source may import TF;
+    this keeps either from opening a device if anything ever started one.
+    """
     del worker_index, worker_count
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # TensorFlow and CUDA.
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "jax" in sys.modules:  # Imported already (by grain): its backends start on first use.
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
 
 
 class Loader:
