@@ -16,6 +16,7 @@ the flip rows are `preprocess.flip_mask(seed, step, B)` (a function of (seed, st
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import os
@@ -143,6 +144,9 @@ class Loader:
         finally:
             self._iterators.discard(it)
             it.close()
+            # grain's last batches sit in reference cycles; collecting them now unlinks their
+            # shared memory, which otherwise waits for the interpreter's exit (and a warning).
+            gc.collect()
 
     def close(self) -> None:
         """Stops the worker processes of iterators still open."""
