@@ -51,6 +51,7 @@ def test_training_on_a_folder_with_worker_processes(tmp_path):
     proc = run_launch([*config_args(config), f"--workdir={tmp_path / 'run'}"],
                       env_extra={"XLA_FLAGS": FAST_COMPILE})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "leaked shared_memory" not in proc.stderr  # The workers' batches were released.
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n")
                if x]
     assert [r["step"] for r in records] == [1, 2, 3]
