@@ -56,7 +56,7 @@ _POSITIVE = (  # Counts, periods and sizes: a 0 would divide by zero or do nothi
 )
 _NON_NEGATIVE = (
     "train.sample_every", "eval.fid_every", "optimizer.warmup_steps", "optimizer.weight_decay",
-    "data.num_workers",  # 0: decode in the calling thread.
+    "data.num_workers",  # 0: decode in the training process.
     "optimizer.grad_clip", "optimizer.eps", "sample.guidance_scale",
 )
 _UNIT_INTERVAL = (  # Probabilities, decays and interpolation weights: in [0, 1].
