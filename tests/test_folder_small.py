@@ -5,6 +5,7 @@ Budget: ~5 s for the config (eval_shape of the 30M model) and ~40 s for the trai
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -38,6 +39,20 @@ def test_folder_small_is_a_small_uvit_for_any_folder(tmp_path):
     assert not batch["label"].any()  # A flat folder: unconditional.
 
 
+def unreleased_shared_memory(stderr: str) -> int:
+    """Shared-memory blocks still allocated when the run exited, from the resource tracker.
+
+    At exit Python's resource tracker warns "There appear to be N leaked shared_memory
+    objects" and unlinks each. A block the run already unlinked (Python < 3.13 also records
+    blocks a process only attached to) fails that unlink with "No such file or directory";
+    those were released, and the rest were real leaks.
+    """
+    reported = sum(int(n) for n in re.findall(r"There appear to be (\d+) leaked shared_memory",
+                                               stderr))
+    already_gone = len(re.findall(r"resource_tracker: '/psm_\w+': \[Errno 2\]", stderr))
+    return reported - already_gone
+
+
 @pytest.mark.slow
 def test_training_on_a_folder_with_worker_processes(tmp_path):
     folder = tmp_path / "images"
@@ -51,7 +66,7 @@ def test_training_on_a_folder_with_worker_processes(tmp_path):
     proc = run_launch([*config_args(config), f"--workdir={tmp_path / 'run'}"],
                       env_extra={"XLA_FLAGS": FAST_COMPILE})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "leaked shared_memory" not in proc.stderr  # The workers' batches were released.
+    assert unreleased_shared_memory(proc.stderr) == 0  # The workers' batches were released.
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n")
                if x]
     assert [r["step"] for r in records] == [1, 2, 3]
