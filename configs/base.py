@@ -1,7 +1,9 @@
 """Shared base config: every config file imports this and overrides what differs.
 
-Values are the simple diffusion paper's ImageNet U-ViT recipe (REFERENCE.md sections 4 and 5)
-unless a comment says otherwise. Fields marked (unverified) come from secondary sources.
+The defaults are the simple diffusion paper's ImageNet 512 U-ViT (docs/recipe.md sections 5-7).
+A comment that says "paper" gives the paper's value; "appendix, unverified" marks the 512
+U-ViT's architecture numbers, which come from a review of the paper's appendix and could not be
+checked against it (docs/recipe.md section 9); "choice" marks values the paper does not give.
 """
 
 import ml_collections
@@ -16,24 +18,24 @@ def get_config() -> ml_collections.ConfigDict:
     # ---------------------------------------------------------------- model (issue 3)
     c.model = ml_collections.ConfigDict()
     m = c.model
-    m.arch = "uvit"  # 'uvit' | 'residual_uvit' (SiD2) | 'unet' (paper's baseline).
+    m.arch = "uvit"  # sd_jax.models.registry.ARCHITECTURES: 'uvit' | 'residual_uvit' (SiD2) | 'unet' (paper's baseline).
     m.image_size = 512  # Resolution of the images the model sees.
     m.image_channels = 3  # RGB.
-    m.input_transform = "dwt2"  # 'none' | 'dwt1' | 'dwt2' (Haar) | 'patch' (space-to-depth); paper: DWT-2 at 512.
-    m.patch_size = 4  # Space-to-depth patch size when input_transform == 'patch'.
+    m.input_transform = "dwt53_2"  # 'none' | 'dwt53_1' | 'dwt53_2' (LeGall 5/3) | 'dwt1' | 'dwt2' (Haar) | 'patch' | 'conv' (learned); paper: 5/3 DWT level 2 at 512 (FID 4.85, best of its ablation).
+    m.patch_size = 4  # p of 'patch' (space-to-depth) and 'conv' (p x p stride-p conv; paper's "conv 4x4": 4).
     m.colour_transform = "none"  # 'none' | 'opponent': orthonormal grey + 2 colour differences before the input transform (docs/resolution.md); paper: none.
-    m.base_channels = 128  # Paper appendix: 128 channels on the first level.
-    m.channel_multipliers = (1, 2, 4, 16)  # Paper: 128/256/512 on conv levels, 2048 at the transformer.
-    m.num_res_blocks = 2  # ResNet blocks per conv level on the way down (paper: 2).
-    m.transformer_depth = 36  # Transformer blocks at 16x16 (paper 512 U-ViT: 36).
-    m.num_heads = 4  # Attention heads in the transformer stack (paper: 4).
-    m.mlp_ratio = 4  # Transformer MLP hidden width / model width (standard ViT value).
-    m.emb_dim = 1024  # Conditioning embedding width (logSNR + class), paper: 1024.
-    m.dropout = 0.2  # Dropout rate (paper 512: 0.2).
-    m.dropout_max_resolution = 16  # Dropout only at this resolution and below (paper: 16x16).
-    m.attention_resolutions = (16, 8)  # U-Net only: self-attention at these resolutions (paper).
+    m.base_channels = 128  # First conv level's width (appendix, unverified: 128).
+    m.channel_multipliers = (1, 2, 4, 16)  # 128/256/512 on the conv levels, 2048 at the transformer (appendix, unverified).
+    m.num_res_blocks = 2  # ResNet blocks per conv level on the way down (appendix, unverified: 2).
+    m.transformer_depth = 36  # Transformer blocks at 16x16 (appendix, unverified: 36 for the 512 U-ViT).
+    m.num_heads = 4  # Attention heads in the transformer stack (appendix, unverified: 4).
+    m.mlp_ratio = 4  # Transformer MLP hidden width / model width (choice: the standard ViT value).
+    m.emb_dim = 1024  # Conditioning embedding width, logSNR + class (appendix, unverified: 1024).
+    m.dropout = 0.2  # Dropout rate (appendix, unverified: 0.2 for the 512 U-ViT).
+    m.dropout_max_resolution = 16  # Dropout only at this resolution and below (paper: 16x16 and below in the U-ViT).
+    m.attention_resolutions = (16, 8)  # U-Net only: self-attention at these resolutions (choice, ADM-style).
     m.num_classes = 1000  # Class labels 0..num_classes-1; label num_classes is the null label.
-    m.prediction = "v"  # 'v' | 'eps': what the network outputs (paper: v).
+    m.prediction = "v"  # 'v' | 'eps': what the network outputs (paper: v, for the U-ViT and the U-Net).
     m.dtype = "bfloat16"  # Compute dtype; params stay float32. Use float32 on CPU.
     m.remat = "none"  # 'none' | 'transformer' | 'all': jax.checkpoint on blocks to save memory.
     m.attention_impl = "xla"  # jax.nn.dot_product_attention backend: 'xla' (any head dim) | 'cudnn'.
@@ -43,17 +45,17 @@ def get_config() -> ml_collections.ConfigDict:
     d = c.diffusion
     d.schedule = "shifted_cosine"  # 'cosine' | 'shifted_cosine' | 'interpolated_cosine'.
     d.noise_d = 64  # Base resolution of the shifted schedule (paper text: 64).
-    d.noise_d_low = 32  # Interpolated schedule: shift used at t = 0 (eq. 6).
-    d.noise_d_high = 256  # Interpolated schedule: shift used at t = 1 (eq. 6).
-    d.logsnr_min = -15.0  # Clip of the cosine schedule (paper).
-    d.logsnr_max = 15.0  # Clip of the cosine schedule (paper).
+    d.noise_d_low = 32  # Interpolated schedule: the strong shift, reached at the noisy end t = 1 (paper's listing at 512: 32).
+    d.noise_d_high = 256  # Interpolated schedule: the mild shift, at the clean end t = 0 (paper's listing at 512: 256).
+    d.logsnr_min = -15.0  # Clip of the cosine schedule (paper: -15).
+    d.logsnr_max = 15.0  # Clip of the cosine schedule (paper: 15).
     d.time_sampling = "uniform"  # 'uniform' | 'stratified' (low-discrepancy) t per batch.
-    d.loss = "v_mse"  # 'v_mse' (U-ViT) | 'eps_mse' (U-Net).
-    d.multiscale = True  # Multiscale loss (paper: on at 512 and 1024, off at <= 256).
+    d.loss = "auto"  # 'auto': the architecture's default_loss (registry: v_mse for the U-ViTs, eps_mse from the v output for the U-Net, as in the paper) | 'v_mse' | 'eps_mse'.
+    d.multiscale = True  # Multiscale loss (paper: helped at 512 and 1024, slightly hurt at 256).
     d.multiscale_min_size = 32  # Smallest pooled size of the multiscale loss (paper: 32).
-    d.multiscale_weighting = "inverse_size"  # 1/s per scale, normalised to sum 1 (unverified).
-    d.loss_weighting = "constant"  # 'constant' | 'sigmoid' (SiD2, Kingma & Gao).
-    d.sigmoid_bias = -3.0  # SiD2 sigmoid weighting bias b at 512 (unverified).
+    d.multiscale_weighting = "inverse_size"  # Paper: 1/s per scale; normalising the weights to sum 1 is our choice.
+    d.loss_weighting = "constant"  # 'constant' (paper) | 'sigmoid' (SiD2: sigmoid(b - logSNR) over logSNR, with the Jacobian; docs/recipe.md 4).
+    d.sigmoid_bias = -3.0  # SiD2 sigmoid bias b at 512 (SiD2, unverified).
 
     # ------------------------------------------------------------- training (issue 4)
     c.train = ml_collections.ConfigDict()
@@ -65,20 +67,20 @@ def get_config() -> ml_collections.ConfigDict:
     t.keep_checkpoints = 3  # Checkpoints kept in the workdir.
     t.sample_every = 10_000  # Steps between EMA sample grids in <workdir>/samples (0: never).
     t.sample_grid_size = 16  # Images per periodic sample grid.
-    t.label_dropout = 0.1  # Probability of the null label during training (for guidance).
-    t.ema_decay = 0.9999  # EMA of params (paper).
+    t.label_dropout = 0.1  # Probability of the null label during training, for guidance (choice).
+    t.ema_decay = 0.9999  # EMA of params (paper: 0.9999).
     t.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard (imports TF on process 0).
     t.stop_check_every = 10  # Multi-host: steps between agreeing on a SIGTERM/SIGINT stop (one sync).
 
     c.optimizer = ml_collections.ConfigDict()
     o = c.optimizer
-    o.learning_rate = 1e-4  # Adam learning rate (paper).
-    o.warmup_steps = 10_000  # Linear warm-up (paper).
-    o.b1 = 0.9  # Adam beta1 (paper).
-    o.b2 = 0.99  # Adam beta2 (paper).
-    o.eps = 1e-12  # Adam epsilon (paper).
+    o.learning_rate = 1e-4  # Adam learning rate (paper: 1e-4).
+    o.warmup_steps = 10_000  # Linear warm-up (paper: 10k steps).
+    o.b1 = 0.9  # Adam beta1 (paper: 0.9).
+    o.b2 = 0.99  # Adam beta2 (paper: 0.99).
+    o.eps = 1e-12  # Adam epsilon (paper: 1e-12).
     o.weight_decay = 0.0  # Paper: none.
-    o.grad_clip = 1.0  # Global-norm gradient clipping (paper).
+    o.grad_clip = 1.0  # Global-norm gradient clipping (paper: 1).
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # Data-parallel axis size (-1: all devices left over).
@@ -99,7 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample = ml_collections.ConfigDict()
     s = c.sample
     s.num_samples = 50_000  # FID-50k.
-    s.num_steps = 512  # Sampler steps (paper reports 512-step DDPM).
+    s.num_steps = 512  # Sampler steps (choice; the step count behind the paper's FIDs is not checked here).
     s.sampler = "ddpm"  # 'ddpm' (ancestral) | 'ddim'.
     s.noise_param = 0.2  # DDPM log-variance interpolation (paper: 0.2).
     s.guidance_scale = 1.0  # Reported scale 1 + w; 1.0 means no guidance.
@@ -118,8 +120,8 @@ def get_config() -> ml_collections.ConfigDict:
     dd.data_dir = config_dict.placeholder(str)  # tfds data_dir (None: tfds default).
     dd.manual_dir = config_dict.placeholder(str)  # tfds manual download dir (ImageNet tars).
     dd.folder = config_dict.placeholder(str)  # Image folder for source == 'folder'.
-    dd.random_flip = True  # Random horizontal flip (paper).
-    dd.num_workers = 8  # Decode/resize threads per process.
+    dd.random_flip = True  # Random horizontal flip (choice, standard for ImageNet).
+    dd.num_workers = 8  # grain worker processes per training process, decoding and resizing (0: in the training process).
 
     # ----------------------------------------------------------- evaluation (issue 6)
     c.eval = ml_collections.ConfigDict()

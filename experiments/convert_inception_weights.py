@@ -11,6 +11,7 @@ the model's variable tree with the right shape and writes the file `eval.incepti
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +21,8 @@ from absl import app, flags
 from flax import traverse_util
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run as a script from anywhere.
-from sd_jax.eval import inception  # noqa: E402
+from sd_jax.errors import UserError  # noqa: E402
+from sd_jax.eval import inception, npz_io  # noqa: E402
 
 # torch suffix -> (flax collection, flax leaf name)
 _LEAVES = {
@@ -57,14 +59,14 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """Reads a torch .pth (lazy torch import) or an .npz with torch key names."""
     if path.endswith(".npz"):
-        with np.load(path) as npz:
-            return {k: npz[k] for k in npz.files}
+        return npz_io.load(path, "state dict")  # Pickled objects are refused.
     try:
         import torch
     except ImportError as e:
         raise SystemExit("reading a .pth needs torch: `pip install torch` (CPU build is enough), "
                          "or save the state dict as .npz elsewhere") from e
-    state = torch.load(path, map_location="cpu")
+    # weights_only: tensors only; a .pth from the internet must not run code when unpickled.
+    state = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
@@ -83,7 +85,11 @@ def convert_file(pth: str, out: str) -> Path:
 
 def main(argv: list[str]) -> None:
     del argv
-    out = convert_file(FLAGS.pth, FLAGS.out)
+    try:
+        out = convert_file(FLAGS.pth, FLAGS.out)
+    except (UserError, ValueError, OSError, pickle.UnpicklingError) as e:  # Bad input: one line.
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)
     print(f"wrote {out}")
 
 

@@ -90,7 +90,13 @@ def run_sweep(sweep_path: str, root: str, dry_run: bool = False, extra: list[str
         raise ValueError(f"--root={root} is a URL: use it with --dry_run (without --write_points)")
     if check:
         check_points(sweep, extra)
-    points = [p for p in sweep["points"] if not only or sweep_lib.point_name(p) in only]
+    names = [sweep_lib.point_name(p) for p in sweep["points"]]
+    unknown = [name for name in only or [] if name not in names]
+    if unknown:
+        raise ValueError(f"--only={','.join(unknown)} names no point of sweep {sweep['name']}; "
+                         f"its points: {', '.join(names)}")
+    points = [p for p, name in zip(sweep["points"], names, strict=True)
+              if not only or name in only]
     results = []
     for point in points:
         name = sweep_lib.point_name(point)

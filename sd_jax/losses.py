@@ -1,4 +1,4 @@
-"""Forward process, parametrisation conversions and training losses (REFERENCE.md sections 1, 3).
+"""Forward process, parametrisation conversions and training losses (docs/recipe.md sections 3-4).
 
 Pure functions of arrays. Per-example quantities (`logsnr_b`, weights) broadcast against images
 `x_bhwc` over the trailing axes.
@@ -9,7 +9,7 @@ Parametrisations, with `z = alpha x0 + sigma eps` and `alpha^2 + sigma^2 = 1`:
     eps = sigma z + alpha v          = (z - alpha x0) / sigma
 Given the same `z`, `eps - eps_hat = alpha (v - v_hat)` exactly (eps is affine in v with slope
 alpha), so an eps-MSE equals `alpha^2 = sigmoid(logsnr)` times the v-MSE, per example, and the
-same holds for every average-pooled scale of the multiscale loss. `loss_weight` uses this to
+same holds for every average-pooled scale of the multiscale loss. `diffusion_loss` uses this to
 apply SiD2's sigmoid weighting, defined on the eps-loss, to a loss computed in v-space.
 """
 
@@ -23,7 +23,9 @@ from sd_jax import schedules
 from sd_jax.errors import UserError
 
 PREDICTIONS = ("v", "eps", "x0")
-LOSSES = {"v_mse": "v", "eps_mse": "eps"}  # Loss name -> space the error is measured in.
+# Loss name -> space the error is measured in. 'auto' is the architecture's own loss (the
+# `default_loss` of its class in sd_jax.models.registry), resolved before `diffusion_loss`.
+LOSSES = {"auto": None, "v_mse": "v", "eps_mse": "eps"}
 LOSS_WEIGHTINGS = ("constant", "sigmoid")
 MULTISCALE_WEIGHTINGS = ("inverse_size", "uniform")
 
@@ -159,25 +161,38 @@ def multiscale_mse(
     return total
 
 
-def loss_weight(
-    logsnr_b: jax.Array, weighting: str = "constant", sigmoid_bias: float = 0.0, space: str = "eps"
+def eps_loss_weight(
+    t_b: jax.Array,
+    logsnr_fn: Callable[[jax.Array], jax.Array],
+    weighting: str = "constant",
+    sigmoid_bias: float = 0.0,
 ) -> jax.Array:
-    """Per-example weight of a loss measured in `space` ('v' | 'eps').
+    """Per-example weight on the eps-MSE for times `t_b ~ U(0, 1)` of the schedule `logsnr_fn`.
 
-    'constant': 1. 'sigmoid' (SiD2, Kingma & Gao): `w = sigmoid(b - logsnr)` on the eps-loss;
-    for a v-space loss the weight is `w * alpha^2 = sigmoid(b - logsnr) * sigmoid(logsnr)`, so
-    both spaces give the same weighted eps-loss (module docstring). No `dlogsnr/dt` factor.
+    'constant': 1. 'sigmoid' (SiD2, after Kingma & Gao): a weighting over logSNR `lambda`,
+    `w(lambda) = sigmoid(b - lambda)`. With `t` uniform, `lambda` has density `1 / (-dlambda/dt)`,
+    so the per-example weight carries the schedule's Jacobian:
+
+        weight(t) = sigmoid(b - lambda(t)) * (-dlambda/dt) / Z,
+        Z = softplus(b - lambda(1)) - softplus(b - lambda(0)) = integral of sigmoid(b - lambda)
+            over the schedule's range [lambda(1), lambda(0)],
+
+    so that `E_t[weight * f(lambda(t))] = (1/Z) integral sigmoid(b - lambda) f(lambda) dlambda`
+    for any f: the weighting no longer depends on how the schedule spends its time, only on its
+    range. Z makes the weight average 1 over t, so the loss scale (and gradient clipping at norm
+    1) stays comparable with 'constant'. `dlambda/dt` comes from `jax.jvp` of `logsnr_fn`, which
+    must act elementwise. Near t = 1 of a clipped cosine schedule `-dlambda/dt` is ~5.7e3, so
+    an eps-space weight reaches a few hundred there (finite in float32 on all of [0, 1]).
     """
-    logsnr_b = jnp.asarray(logsnr_b, jnp.float32)
+    t_b = jnp.asarray(t_b, jnp.result_type(float))
     if weighting == "constant":
-        return jnp.ones_like(logsnr_b)
+        return jnp.ones_like(t_b)
     if weighting == "sigmoid":
-        w = jax.nn.sigmoid(sigmoid_bias - logsnr_b)
-        if space == "v":
-            return w * jax.nn.sigmoid(logsnr_b)
-        if space == "eps":
-            return w
-        raise UserError(f"Unknown loss space={space!r}; choose 'v' or 'eps'.")
+        logsnr_b, dlogsnr_dt_b = jax.jvp(logsnr_fn, (t_b,), (jnp.ones_like(t_b),))
+        logsnr_ends = logsnr_fn(jnp.asarray([1.0, 0.0], t_b.dtype))  # [lambda_min, lambda_max]
+        softplus_ends = jax.nn.softplus(sigmoid_bias - logsnr_ends)
+        norm = softplus_ends[0] - softplus_ends[1]
+        return jax.nn.sigmoid(sigmoid_bias - logsnr_b) * (-dlogsnr_dt_b) / norm
     raise UserError(
         f"Unknown diffusion.loss_weighting={weighting!r}; "
         f"choose one of {', '.join(LOSS_WEIGHTINGS)}."
@@ -192,27 +207,35 @@ def diffusion_loss(
     diffusion_cfg: ml_collections.ConfigDict,
     image_size: int,
     prediction: str,
+    loss: str | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Training loss for one batch: scalar float32 mean loss and an aux dict.
 
     Samples `t` (per `diffusion_cfg.time_sampling`) and `eps`, noises `x0_bhwc`, calls
     `denoise_fn(z_bhwc, logsnr_b, labels_b)` (returning `prediction`: 'v' | 'eps'), converts the
-    output to the space of `diffusion_cfg.loss` and applies the (multiscale) MSE and the weighting.
+    output to the space of the loss and applies the (multiscale) MSE and the weighting. `loss`
+    ('v_mse' | 'eps_mse') overrides `diffusion_cfg.loss`; the train step passes
+    `sd_jax.models.loss_name(...)`, which resolves 'auto' from the architecture.
+    'constant' weighting is 1 in the loss's own space; 'sigmoid' is `eps_loss_weight`, times
+    `alpha^2` for a v-space loss (module docstring), so both spaces give the same objective.
     aux: `loss_b` (weighted per-example loss), `unweighted_loss`, `logsnr_mean`, `t_b`.
     """
-    if diffusion_cfg.loss not in LOSSES:
+    loss = diffusion_cfg.loss if loss is None else loss
+    if LOSSES.get(loss) is None:
+        detail = " ('auto' is resolved by sd_jax.models.loss_name)" if loss == "auto" else ""
         raise UserError(
-            f"Unknown diffusion.loss={diffusion_cfg.loss!r}; choose one of {', '.join(LOSSES)}."
+            f"Unknown diffusion.loss={loss!r}{detail}; choose one of {', '.join(LOSSES)}."
         )
     if prediction not in ("v", "eps"):
         raise UserError(f"Unknown model.prediction={prediction!r}; choose 'v' or 'eps'.")
-    space = LOSSES[diffusion_cfg.loss]
+    space = LOSSES[loss]
     x0_bhwc = jnp.asarray(x0_bhwc, jnp.float32)
     batch_size = x0_bhwc.shape[0]
     rng_t, rng_eps = jax.random.split(rng)
 
+    logsnr_fn = schedules.get_logsnr_fn(diffusion_cfg, image_size)
     t_b = schedules.sample_times(rng_t, batch_size, diffusion_cfg.time_sampling)
-    logsnr_b = schedules.get_logsnr_fn(diffusion_cfg, image_size)(t_b)
+    logsnr_b = logsnr_fn(t_b)
     eps_bhwc = jax.random.normal(rng_eps, x0_bhwc.shape, jnp.float32)
     z_bhwc = diffuse(x0_bhwc, eps_bhwc, logsnr_b)
 
@@ -229,9 +252,11 @@ def diffusion_loss(
         )
     else:
         loss_b = mse(target_bhwc, pred_bhwc)
-    weight_b = loss_weight(
-        logsnr_b, diffusion_cfg.loss_weighting, diffusion_cfg.sigmoid_bias, space
+    weight_b = eps_loss_weight(
+        t_b, logsnr_fn, diffusion_cfg.loss_weighting, diffusion_cfg.sigmoid_bias
     )
+    if space == "v" and diffusion_cfg.loss_weighting != "constant":
+        weight_b = weight_b * jax.nn.sigmoid(logsnr_b)  # eps - eps_hat = alpha (v - v_hat).
     weighted_b = weight_b * loss_b
     aux = {
         "loss_b": weighted_b,

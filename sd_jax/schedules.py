@@ -1,4 +1,4 @@
-"""Noise schedules in logSNR form (REFERENCE.md sections 1-2).
+"""Noise schedules in logSNR form (docs/recipe.md sections 1-2).
 
 Everything here is a pure function of arrays: it broadcasts, and works under jit, vmap and grad.
 `t` runs from 0 (clean data, high logSNR) to 1 (pure noise, low logSNR).
@@ -51,15 +51,18 @@ def logsnr_interpolated_cosine(
     logsnr_min: float = -15.0,
     logsnr_max: float = 15.0,
 ) -> jax.Array:
-    """Paper eq. 6: `t * shifted(noise_d_high) + (1 - t) * shifted(noise_d_low)`.
+    """Interpolates in logSNR between two shifts: `t * shifted(noise_d_low) + (1 - t) *
+    shifted(noise_d_high)`, the order of the paper's code listing (docs/recipe.md section 2).
 
-    So the schedule equals the `noise_d_low` shift at t = 0 and the `noise_d_high` shift at t = 1
-    (k-diffusion's order; swap the two arguments for the other convention).
+    So the mildest shift (`noise_d_high`, fine detail) holds at the clean end t = 0 and the
+    strongest (`noise_d_low`, most noise, global structure) at the noisy end t = 1: at 512 with
+    32 / 256 and the +-15 clip it runs from 15 + 2 ln(256/512) ~ 13.6 down to
+    -15 + 2 ln(32/512) ~ -20.5: each end is that of the shift that is meant to govern it.
     """
     t = jnp.asarray(t, jnp.result_type(float))
     low = logsnr_shifted_cosine(t, image_d, noise_d_low, logsnr_min, logsnr_max)
     high = logsnr_shifted_cosine(t, image_d, noise_d_high, logsnr_min, logsnr_max)
-    return t * high + (1.0 - t) * low
+    return t * low + (1.0 - t) * high
 
 
 def alpha_sigma(logsnr: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -87,6 +90,11 @@ def get_logsnr_fn(
             logsnr_shifted_cosine, image_d=image_size, noise_d=diffusion_cfg.noise_d, **clip
         )
     if name == "interpolated_cosine":
+        if diffusion_cfg.noise_d_low > diffusion_cfg.noise_d_high:
+            raise UserError(
+                f"diffusion.noise_d_low={diffusion_cfg.noise_d_low} is above diffusion."
+                f"noise_d_high={diffusion_cfg.noise_d_high}; noise_d_low is the stronger shift, "
+                "used at the noisy end t = 1 (e.g. 32 and 256 at 512): swap them.")
         return functools.partial(
             logsnr_interpolated_cosine,
             image_d=image_size,

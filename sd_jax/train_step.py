@@ -14,6 +14,7 @@ import optax
 from jax.sharding import Mesh
 
 from sd_jax import losses, sharding
+from sd_jax.models import loss_name
 from sd_jax.train_state import TrainState, learning_rate_fn
 
 Batch = dict[str, jax.Array]
@@ -63,6 +64,7 @@ def train_step(
         return losses.diffusion_loss(
             denoise_fn, batch["image"], labels_b, loss_rng, config.diffusion,
             config.model.image_size, config.model.prediction,
+            loss=loss_name(config.diffusion, config.model.arch),
         )
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
@@ -10,14 +10,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.sharding import Mesh
 
-from sd_jax import checkpointing, data, images, metrics_io, models, sharding, train_state
+from sd_jax import checkpointing, data, images, metrics_io, models, paths, sharding, train_state
 from sd_jax.errors import UserError
 from sd_jax.generate import generate
 from sd_jax.train_step import make_train_step
 
 TRAIN_RNG, SAMPLE_RNG = 1, 2  # fold_in tags of the seed's key (the key itself inits params).
+# A NaN this soon after a restore points at the checkpoint (a sign flip in Adam's second moment
+# gives NaN within two steps), not at the learning rate.
+RESTORE_SUSPECT_STEPS = 10
 
 
 @jax.jit
@@ -27,8 +31,8 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def save_sample_grid(
     model: Any, params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int,
-    workdir: Path,
-) -> Path | None:
+    workdir: epath.Path,
+) -> epath.Path | None:
     """Samples `train.sample_grid_size` images (classes cycled) into samples/step_<step>.png."""
     n, num_classes = config.train.sample_grid_size, config.model.num_classes
     labels = np.arange(n) % num_classes if num_classes else np.zeros(n, np.int32)
@@ -40,11 +44,23 @@ def save_sample_grid(
     return images.save_png(grid, workdir / "samples" / f"step_{step:08d}.png")
 
 
+def divergence_advice(step: int, resumed: tuple[int, epath.Path] | None) -> str:
+    """What to do about a NaN/Inf at `step`; `resumed` = (step, directory) of the restore."""
+    if resumed is not None and step - resumed[0] <= RESTORE_SUSPECT_STEPS:
+        since, where = step - resumed[0], resumed[1]
+        return (f"this is {since} step(s) after resuming from checkpoint {where}, which may be "
+                f"damaged: move it to {where.parent.parent / checkpointing.DAMAGED_DIR}/ and rerun "
+                "to resume from the one before (a lower learning rate would not help)")
+    return metrics_io.DIVERGENCE_ADVICE
+
+
 class _LaggedMetrics:
     """Holds a step's device metrics and reads them only after the next step is dispatched."""
 
-    def __init__(self, logger: metrics_io.MetricsLogger, log_every: int, num_steps: int):
+    def __init__(self, logger: metrics_io.MetricsLogger, log_every: int, num_steps: int,
+                 resumed: tuple[int, epath.Path] | None = None):
         self.logger, self.log_every, self.num_steps = logger, log_every, num_steps
+        self.resumed = resumed
         self.pending: tuple[int, dict[str, jax.Array]] | None = None
 
     def push(self, step: int, metrics: dict[str, jax.Array]) -> None:
@@ -59,7 +75,7 @@ class _LaggedMetrics:
         step, metrics = self.pending
         self.pending = None
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        metrics_io.check_finite(step, host["loss"])
+        metrics_io.check_finite(step, host["loss"], divergence_advice(step, self.resumed))
         if step % self.log_every == 0 or step == self.num_steps:
             self.logger.log(step, host)
 
@@ -78,27 +94,30 @@ def _restore_or_init(
     ckpt: checkpointing.Checkpointer, model: Any, tx: Any, config: ml_collections.ConfigDict,
     mesh: Mesh,
 ) -> tuple[train_state.TrainState, Any, int]:
-    """Resumes from the newest checkpoint in the workdir, else initialises. -> (state, shardings,
-    step)."""
+    """Resumes from the newest intact checkpoint in the workdir, else initialises.
+    -> (state, shardings, step)."""
     abstract, shardings = train_state.state_shardings(model, tx, config, mesh)
-    step = ckpt.latest_step()
-    if step is None:
+    found = ckpt.restore_newest_intact(abstract, config.model)
+    if found is None:
         state, _ = train_state.create_train_state(model, tx, config, mesh)
         return state, shardings, 0
-    state, meta = ckpt.restore(abstract, step)
+    state, meta, step = found
     checkpointing.check_meta(meta, config)
     logging.info("resumed from the checkpoint at step %d", step)
     print(f"resuming from step {step}", flush=True)
     return state, shardings, int(step)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> train_state.TrainState:
-    """Trains `config` in `workdir`, resuming from its newest checkpoint. Returns the final state.
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
+          ) -> train_state.TrainState:
+    """Trains `config` in `workdir` (a local path or gs://), resuming from its newest checkpoint.
+    Returns the final state.
 
-    Saves every `train.checkpoint_every` steps, at the end and on SIGTERM/SIGINT; logs every
-    `train.log_every` steps; samples EMA grids every `train.sample_every` steps.
+    Saves every `train.checkpoint_every` steps, at the end, on SIGTERM/SIGINT and at JAX's
+    preemption sync point; logs every `train.log_every` steps; samples EMA grids every
+    `train.sample_every` steps.
     """
-    workdir = Path(workdir).absolute()
+    workdir = paths.as_path(workdir)
     t = config.train
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_divisible(t.batch_size, mesh)
@@ -109,7 +128,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> train_state
     model = models.build_model(config.model)
     tx = train_state.make_optimizer(config.optimizer)
     ckpt = checkpointing.Checkpointer(workdir, keep=t.keep_checkpoints)
-    state, shardings, start = _restore_or_init(ckpt, model, tx, config, mesh)
+    try:
+        state, shardings, start = _restore_or_init(ckpt, model, tx, config, mesh)
+    except BaseException:  # E.g. a checkpoint of another model: no threads left behind.
+        ckpt.close()
+        loader.close()
+        raise
     if jax.process_index() == 0:
         print(metrics_io.param_overview(state.params), flush=True)
     step_fn = make_train_step(model, tx, config, mesh, shardings)
@@ -120,22 +144,30 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> train_state
         workdir, num_steps=t.num_steps, batch_size=t.batch_size, start_step=start,
         tensorboard=t.tensorboard,
     )
-    lagged = _LaggedMetrics(logger, max(int(t.log_every), 1), t.num_steps)
+    resumed = (start, ckpt.directory / str(start)) if start else None
+    lagged = _LaggedMetrics(logger, max(int(t.log_every), 1), t.num_steps, resumed)
     stop = checkpointing.StopSignal(t.stop_check_every)
 
     def save(step: int) -> None:
         lagged.flush()  # The NaN check of the step that produced this state comes first.
         if not bool(_all_finite(state.params)):
-            raise UserError(f"parameters are NaN/Inf after step {step}; not saving them (the "
-                            "last checkpoint is intact). Lower config.optimizer.learning_rate")
+            raise UserError(f"parameters are NaN/Inf after step {step}; not saving them: "
+                            f"{divergence_advice(step, resumed)}")
         ckpt.save(step, state, checkpointing.data_meta(step, config))
+        logger.flush()  # In a bucket, metrics.jsonl then holds every step up to the checkpoint.
 
     try:
         for index, batch in loader.iterate(start, t.num_steps):
+            # uint8 + flip -> float32 [-1, 1] on the host until the train step takes the
+            # loader's batch contract itself (normalising and flipping on the device).
+            batch = data.preprocess.normalize(batch)
             state, metrics = step_fn(state, sharding.global_batch(batch, mesh), train_rng)
             step = index + 1  # Steps done, as in checkpoints and metrics.jsonl.
             lagged.push(step, metrics)
-            stopping = stop.should_stop(step)
+            # Asked every step on every process (the sync point is agreed on by step number).
+            preempted = ckpt.reached_preemption(step)
+            signalled = stop.should_stop(step)
+            stopping = preempted or signalled
             if step % t.checkpoint_every == 0 or step == t.num_steps or stopping:
                 save(step)
             if t.sample_every and (step % t.sample_every == 0 or step == t.num_steps):
@@ -143,7 +175,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> train_state
             if fid is not None:  # All processes, same steps: sampling is a collective.
                 fid.maybe_fid(step, model, state.ema_params, config, mesh, workdir)
             if stopping:
-                print(f"stopped by signal at step {step}; checkpoint saved", flush=True)
+                why = "by signal" if signalled else "at the preemption sync point"
+                print(f"stopped {why} at step {step}; checkpoint saved", flush=True)
                 break
         lagged.flush()
     finally:

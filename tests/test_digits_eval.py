@@ -19,7 +19,7 @@ from sd_jax.eval import digits_eval, digits_net, fid
 def classifier():
     """(variables, test accuracy, path) of the session's classifier, built on first use."""
     variables, accuracy = digits_net.load_or_build()
-    return variables, accuracy, digits_net.default_path()
+    return variables, accuracy, Path(digits_net.default_path())
 
 
 def _fd(variables, a, b):
@@ -87,7 +87,7 @@ def test_eval_mode_on_digit_samples_end_to_end(classifier, tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith(f"eval {npz.name} (8 images): fd_digits=") and "class_accuracy=" in last
     results = json.loads((tmp_path / f"eval_{npz.stem}.json").read_text())
-    with np.load(npz) as f:
+    with np.load(npz, allow_pickle=False) as f:
         expected = digits_eval.digits_metrics(f["arr_0"], f["arr_1"], classifier[0],
                                               digits_net.digits_data(16)[0])
     for key in ("fd_digits", "class_accuracy", "hf_ratio", "colour_noise"):

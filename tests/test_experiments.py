@@ -170,3 +170,17 @@ def test_dry_run_with_url_root_prints_urls(capsys):
     assert "--workdir=gs://bucket/runs/multiscale-False" in lines[0]
     with pytest.raises(ValueError, match="URL"):
         run_sweep.run_sweep(str(sweep_file), "gs://bucket/runs", dry_run=False)
+
+
+def test_only_that_names_no_point_fails_in_one_line(capsys, tmp_path):
+    sweep_file = REPO / "experiments" / "sweeps" / "multiscale_512.py"
+    argv = [f"--sweep={sweep_file}", f"--root={tmp_path}", "--only=multiscale-True",
+            "--only=multiscale-Flase"]
+    with pytest.raises(SystemExit) as e:
+        run_sweep.main(argv)
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--only=multiscale-Flase names no point" in err[0], err
+    assert "multiscale-False, multiscale-True" in err[0] and not list(tmp_path.iterdir())
+    run_sweep.main([*argv[:3], "--dry_run"])  # A name that exists: only that point.
+    assert capsys.readouterr().out.count("launch.py") == 1

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
-from utils import REPO, child_env, run_launch
+from utils import REPO, U32, child_env, run_launch
 
 from configs import quickstart
 from sd_jax.errors import UserError
@@ -48,11 +48,16 @@ def test_preprocess_resize_modes():
     # TF1 legacy bilinear (ADM graph): 2x downsampling picks every other pixel exactly.
     w = inception._resize_matrix(8, 4, "tf1")
     np.testing.assert_array_equal(w, np.eye(8)[::2])
-    # pytorch-fid (half-pixel, no antialias) equals jax.image.resize without antialiasing.
+    # pytorch-fid (half-pixel, no antialias) equals jax.image.resize without antialiasing,
+    # taken in float64. Our float32 rounding, per resized axis: weights (u) and a 2-term dot (2u),
+    # relative to pixel values up to 255 = 2 output units, so 2 x 3u x 2 = 12u; then the scaling
+    # and the shift (2u): at most 14u.
     x = np.random.default_rng(1).uniform(0, 255, (1, 37, 50, 3)).astype(np.float32)
     got = inception.preprocess(x, "pytorch_fid")
-    want = jax.image.resize(x, (1, 299, 299, 3), "bilinear", antialias=False) / 127.5 - 1
-    np.testing.assert_allclose(got, want, atol=2e-5)
+    with jax.enable_x64(True):
+        want = jax.image.resize(x.astype(np.float64), (1, 299, 299, 3), "bilinear",
+                                antialias=False) / 127.5 - 1
+    np.testing.assert_allclose(got, want, rtol=0, atol=16 * U32)
     same = inception.preprocess(np.full((1, 299, 299, 3), 128, np.uint8), "tf1")
     np.testing.assert_array_equal(same, 0.0)
     with pytest.raises(UserError, match="inception_preprocess"):
@@ -141,6 +146,7 @@ def test_eval_mode_end_to_end(weights, tmp_path):
     assert line["step"] == 7 and line["eval/fid"] == results["fid"]
     config = quickstart.get_config()  # Eval mode with a missing weights file: a clear error.
     config.eval.inception_weights = str(tmp_path / "none.npz")
+    config.eval.reference_npz = str(tmp_path / "ref.npz")
     with pytest.raises(UserError, match="Inception weights file .* does not exist"):
         evaluate.run(config, str(workdir))
 

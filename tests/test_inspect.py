@@ -59,5 +59,5 @@ def test_inspect_imagenet512_is_about_2b_without_tensorflow():
     assert lines[-1] == "tensorflow imported: False"
     summary = json.loads(lines[-2])
     assert 1.8e9 < summary["params"] < 2.1e9
-    # Transformer matmuls alone: 2 * 256 tokens * 1.8B params ~ 0.93 TFLOP (REFERENCE 6).
+    # Transformer matmuls alone: 2 * 256 tokens * 1.8B params ~ 0.93 TFLOP (docs/recipe.md 6).
     assert 0.93e12 < summary["flops_per_image"] < 1.4e12

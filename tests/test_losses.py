@@ -1,11 +1,15 @@
-"""Losses: forward process, conversions, multiscale MSE, weighting, diffusion_loss (~10 s)."""
+"""Losses: forward process, conversions, multiscale MSE, weighting, diffusion_loss (~20 s)."""
 
+import functools
 import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import integrate
+from test_schedules import cosine_reference
+from utils import float32_sum_error
 
 from configs.base import get_config
 from sd_jax import losses, schedules
@@ -29,7 +33,7 @@ def _alpha_sigma_np(logsnr):
 
 def _diffusion_cfg(**overrides):
     cfg = get_config().diffusion
-    cfg.update({"multiscale": False, **overrides})
+    cfg.update({"multiscale": False, "loss": "v_mse", **overrides})
     return cfg
 
 
@@ -50,17 +54,20 @@ def test_diffuse_and_v_target_match_formulas():
                                rtol=1e-5, atol=1e-6)
 
 
+@jax.enable_x64(True)  # Exact inverses: float64 (1 / alpha at logSNR -8 amplifies rounding 55x).
 def test_conversions_round_trip():
-    x0, eps, logsnr = _batch()
+    x0, eps, logsnr = (jnp.asarray(a, jnp.float64) for a in _batch())
     z = losses.diffuse(x0, eps, logsnr)
     truth = {"x0": x0, "eps": eps, "v": losses.v_from_x0_eps(x0, eps, logsnr)}
+    assert z.dtype == truth["v"].dtype == jnp.float64
     for source in truth:
         x0_hat, eps_hat = losses.x0_eps_from_output(z, truth[source], logsnr, source)
-        np.testing.assert_allclose(x0_hat, x0, atol=2e-4)
-        np.testing.assert_allclose(eps_hat, eps, atol=2e-4)
+        np.testing.assert_allclose(x0_hat, x0, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(eps_hat, eps, rtol=0, atol=1e-12)
     for source, target in itertools.permutations(truth, 2):
         got = losses.convert_output(z, truth[source], logsnr, source, target)
-        np.testing.assert_allclose(got, truth[target], atol=2e-4, err_msg=f"{source}->{target}")
+        np.testing.assert_allclose(got, truth[target], rtol=0, atol=1e-12,
+                                   err_msg=f"{source}->{target}")
     with pytest.raises(UserError, match="prediction"):
         losses.x0_eps_from_output(z, eps, logsnr, "score")
 
@@ -117,21 +124,117 @@ def test_multiscale_weighs_low_frequency_error_more():
     weights = losses.multiscale_weights(sizes, "inverse_size")
     loss_low = losses.multiscale_mse(target, low, min_size=4)
     loss_high = losses.multiscale_mse(target, high, min_size=4)
-    np.testing.assert_allclose(loss_low, amp**2, rtol=1e-5)
-    np.testing.assert_allclose(loss_high, weights[-1] * amp**2, rtol=1e-5)
+    # float32 means over at most D^2 pooled errors per scale, three scales.
+    rtol = float32_sum_error(3 * D * D)
+    np.testing.assert_allclose(loss_low, amp**2, rtol=rtol)
+    np.testing.assert_allclose(loss_high, weights[-1] * amp**2, rtol=rtol)
     assert float(loss_low[0]) > 5 * float(loss_high[0])
 
 
-def test_loss_weight():
-    logsnr = jnp.asarray([-6.0, 0.0, 4.0])
-    np.testing.assert_allclose(losses.loss_weight(logsnr), 1.0)
-    sig = lambda x: 1 / (1 + np.exp(-np.asarray(x)))
-    w_eps = losses.loss_weight(logsnr, "sigmoid", -3.0, "eps")
-    np.testing.assert_allclose(w_eps, sig(-3.0 - logsnr), rtol=1e-5)
-    w_v = losses.loss_weight(logsnr, "sigmoid", -3.0, "v")
-    np.testing.assert_allclose(w_v, sig(-3.0 - logsnr) * sig(logsnr), rtol=1e-5)
+# Schedules as (jax fn, float64 numpy reference); the last one spends its time differently from
+# the cosine but has the same range, so a weighting over logSNR must not tell them apart.
+SCHEDULES = {
+    "cosine": (schedules.logsnr_cosine, cosine_reference),
+    "shifted": (functools.partial(schedules.logsnr_shifted_cosine, image_d=512, noise_d=64),
+                lambda t: cosine_reference(t) + 2 * np.log(64 / 512)),
+    "interpolated": (
+        functools.partial(schedules.logsnr_interpolated_cosine, image_d=512, noise_d_low=32,
+                          noise_d_high=256),
+        lambda t: t * (cosine_reference(t) + 2 * np.log(32 / 512))
+        + (1 - t) * (cosine_reference(t) + 2 * np.log(256 / 512))),
+    "cosine_of_t_squared": (lambda t: schedules.logsnr_cosine(t**2),
+                            lambda t: cosine_reference(np.asarray(t) ** 2)),
+}
+BIAS = -3.0
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-np.asarray(x, np.float64)))
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, np.asarray(x, np.float64))
+
+
+def _reference_weight(t, logsnr_ref, bias=BIAS, h=1e-7):
+    """sigmoid(b - lambda) (-dlambda/dt) / Z in float64, dlambda/dt by central differences.
+
+    Relative error: truncation h^2 |d3lambda/dt3| / (6 |dlambda/dt|) < 3e-8 even at t = 1,
+    where dlambda/dt varies on a scale of ~3.5e-4 in t; rounding eps64 |lambda| / (h |dlambda/dt|)
+    < 1e-9.
+    """
+    t = np.asarray(t, np.float64)
+    dlogsnr_dt = (logsnr_ref(t + h) - logsnr_ref(t - h)) / (2 * h)
+    norm = _softplus(bias - logsnr_ref(1.0)) - _softplus(bias - logsnr_ref(0.0))
+    return _sigmoid(bias - logsnr_ref(t)) * -dlogsnr_dt / norm
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_eps_loss_weight_matches_finite_differences(name):
+    fn, ref = SCHEDULES[name]
+    t = np.concatenate([[0.0, 1e-6, 1e-3], np.linspace(0.01, 0.99, 15), [0.999, 1 - 1e-6, 1.0]])
+    with jax.enable_x64(True):
+        got = np.asarray(losses.eps_loss_weight(jnp.asarray(t), fn, "sigmoid", BIAS))
+    np.testing.assert_allclose(got, _reference_weight(t, ref), rtol=1e-6)
+    np.testing.assert_array_equal(losses.eps_loss_weight(jnp.asarray(t), fn), 1.0)
     with pytest.raises(UserError, match="loss_weighting"):
-        losses.loss_weight(logsnr, "edm")
+        losses.eps_loss_weight(jnp.asarray(t), fn, "edm")
+
+
+def _expect_over_t(fn, f):
+    """E_{t ~ U(0, 1)}[weight(t) f(lambda(t))] by Gauss-Legendre on panels graded toward both
+    ends (near t = 1 the Jacobian peaks at ~5.7e3 over a width of ~3.5e-4), in float64."""
+    edges = np.unique(np.concatenate([[0.0, 0.5, 1.0], 10.0 ** -np.arange(1, 10),
+                                      1 - 10.0 ** -np.arange(1, 10)]))
+    nodes, weights = np.polynomial.legendre.leggauss(40)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    t = (lo + (hi - lo) * (nodes + 1) / 2).ravel()
+    dt = ((hi - lo) / 2 * weights).ravel()
+    with jax.enable_x64(True):
+        w = np.asarray(losses.eps_loss_weight(jnp.asarray(t), fn, "sigmoid", BIAS))
+        logsnr = np.asarray(fn(jnp.asarray(t)))
+    return float(np.sum(dt * w * f(logsnr)))
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_sigmoid_weighting_is_a_weighting_over_logsnr(name):
+    """E_t[weight * f(lambda(t))] = (1/Z) * integral over [lambda_min, lambda_max] of
+    sigmoid(b - lambda) f(lambda) dlambda, for any f: only the schedule's range enters, not how
+    it spends its time (f = 1: the weight averages to 1). Both sides are float64 quadratures
+    converged to < 1e-9 (doubling the nodes changes nothing at that level)."""
+    fn, ref = SCHEDULES[name]
+    logsnr_min, logsnr_max = float(ref(1.0)), float(ref(0.0))
+    norm = _softplus(BIAS - logsnr_min) - _softplus(BIAS - logsnr_max)
+    test_fns = {"one": np.ones_like, "wave": lambda x: np.cos(x / 3) + 0.1 * x,
+                "bump": lambda x: np.exp(-((x + 2) ** 2) / 8)}
+    for label, f in test_fns.items():
+        over_logsnr = integrate.quad(lambda x, f=f: _sigmoid(BIAS - x) * f(x), logsnr_min,
+                                     logsnr_max, epsabs=1e-13, epsrel=1e-12, limit=200)[0]
+        np.testing.assert_allclose(_expect_over_t(fn, f), over_logsnr / norm, rtol=1e-7,
+                                   err_msg=label)
+
+
+def test_without_the_jacobian_the_weighting_would_depend_on_the_schedule():
+    """Control for the test above: same range, different time allocation, different result."""
+    f = lambda x: np.exp(-((x + 2) ** 2) / 8)
+    t = np.linspace(0.0, 1.0, 200_001)
+    no_jacobian = [np.mean(_sigmoid(BIAS - ref(t)) * f(ref(t)))
+                   for ref in (SCHEDULES["cosine"][1], SCHEDULES["cosine_of_t_squared"][1])]
+    assert abs(no_jacobian[0] / no_jacobian[1] - 1) > 0.1, no_jacobian
+    with_jacobian = [_expect_over_t(SCHEDULES[n][0], f) for n in ("cosine", "cosine_of_t_squared")]
+    np.testing.assert_allclose(with_jacobian[0], with_jacobian[1], rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["shifted", "interpolated"])
+def test_eps_loss_weight_in_float32_is_finite_and_accurate_on_all_of_0_1(name):
+    """-dlambda/dt reaches ~5.7e3 at t = 1; the float32 weight stays finite and within 1e-3 of
+    float64 (float32 tan near pi/2 loses eps32 * (pi/2) / (pi/2 - u) ~ 2e-4, relative)."""
+    fn, ref = SCHEDULES[name]
+    t = np.linspace(0.0, 1.0, 2001)
+    w = np.asarray(losses.eps_loss_weight(jnp.asarray(t, jnp.float32), fn, "sigmoid", BIAS))
+    assert w.dtype == np.float32 and np.all(np.isfinite(w)) and np.all(w > 0)
+    np.testing.assert_allclose(w, _reference_weight(t, ref), rtol=1e-3)
+    assert 100 < w.max() < 1e4  # The eps-space weight is large at the noisy end, by design.
 
 
 def _constant_data_denoiser(value, prediction):
@@ -206,3 +309,62 @@ def test_diffusion_loss_jits_and_differentiates():
     with pytest.raises(UserError, match="diffusion.loss"):
         losses.diffusion_loss(lambda z, lam, y: z, x0, jnp.zeros(B, jnp.int32),
                               jax.random.key(0), _diffusion_cfg(loss="l1"), D, "v")
+
+
+def _offset_denoiser(offset, prediction):
+    """For x0 = 0 (so z = sigma eps): outputs the true eps / v plus `offset`, so the per-example
+    MSE in the output's own space is exactly offset^2."""
+
+    def denoise(z, logsnr_b, labels_b):
+        alpha, sigma = (a[:, None, None, None] for a in schedules.alpha_sigma(logsnr_b))
+        eps = z / sigma
+        return (eps if prediction == "eps" else alpha * eps) + offset
+
+    return denoise
+
+
+@pytest.mark.parametrize("loss, prediction", [("eps_mse", "eps"), ("v_mse", "v")])
+def test_diffusion_loss_applies_the_sigmoid_weight_with_its_jacobian(loss, prediction):
+    """loss_b = offset^2 * sigmoid(b - lambda) (-dlambda/dt) / Z, times alpha^2 in v-space."""
+    cfg = _diffusion_cfg(loss=loss, loss_weighting="sigmoid", sigmoid_bias=BIAS,
+                         schedule="shifted_cosine", noise_d=64, time_sampling="stratified")
+    x0 = jnp.zeros((B, 32, 32, 3))
+    offset = 0.3
+    _, aux = _loss(_offset_denoiser(offset, prediction), x0, 4, cfg, 512, prediction)
+    t_b = np.asarray(aux["t_b"], np.float64)
+    ref = SCHEDULES["shifted"][1]
+    want = offset**2 * _reference_weight(t_b, ref)
+    if loss == "v_mse":
+        want = want * _sigmoid(ref(t_b))
+    # float32 throughout: z / sigma and the schedule's Jacobian each lose ~1e-6 relative here
+    # (t is away from the ends), so 1e-4 is generous.
+    np.testing.assert_allclose(aux["loss_b"], want, rtol=1e-4)
+    np.testing.assert_allclose(aux["unweighted_loss"], offset**2, rtol=1e-4)
+
+
+@pytest.mark.parametrize("schedule, loss, prediction", [
+    ("shifted_cosine", "eps_mse", "eps"), ("interpolated_cosine", "eps_mse", "v"),
+    ("interpolated_cosine", "v_mse", "v")])
+def test_sigmoid_weighted_loss_and_gradient_are_finite_at_t_0_and_1(monkeypatch, schedule, loss,
+                                                                     prediction):
+    """The batch's times include exactly 0 and 1, where -dlambda/dt is largest."""
+    monkeypatch.setattr(schedules, "sample_times", lambda rng, n, method: jnp.linspace(0, 1, n))
+    cfg = _diffusion_cfg(loss=loss, loss_weighting="sigmoid", sigmoid_bias=BIAS, multiscale=True,
+                         multiscale_min_size=4, schedule=schedule)
+    x0, _, _ = _batch()
+
+    def loss_of_scale(scale):
+        denoise = lambda z, logsnr_b, labels_b: scale * z
+        return losses.diffusion_loss(
+            denoise, x0, jnp.zeros(B, jnp.int32), jax.random.key(0), cfg, 512, prediction
+        )[0]
+
+    value, grad = jax.value_and_grad(loss_of_scale)(jnp.float32(0.3))  # Op by op: cheap here.
+    assert np.isfinite(value) and np.isfinite(grad) and grad != 0.0
+
+
+def test_auto_loss_must_be_resolved_by_the_architecture():
+    x0, _, _ = _batch()
+    with pytest.raises(UserError, match="loss_name"):
+        _loss(lambda z, lam, y: z, x0, 0, _diffusion_cfg(loss="auto"), D)
+    assert "auto" in losses.LOSSES and losses.LOSSES["auto"] is None

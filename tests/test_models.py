@@ -14,12 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from utils import float32_sum_error
 
+from configs.base import get_config
 from sd_jax.errors import UserError
-from sd_jax.models import build_model, transforms
+from sd_jax.models import ARCHITECTURES, ModelSpec, UViT, build_model, loss_name, transforms
 
 CONFIGS = ("imagenet64", "imagenet128", "imagenet256", "imagenet512", "imagenet1024")
-ARCHS = ("uvit", "residual_uvit", "unet")
+ARCHS = tuple(ARCHITECTURES)
 SHRINK = 8  # Image sizes / 8 keep every config's input transform and number of levels.
 LOGICAL_NAMES = {"embed", "mlp", "heads", "kv", "conv_in", "conv_out", "cond", "classes", None}
 
@@ -120,29 +122,126 @@ def test_bfloat16_compute_close_to_float32():
     assert 0 < rel < 0.05, rel
 
 
-@pytest.mark.parametrize("kind,patch", [("dwt1", 1), ("dwt2", 1), ("patch", 2), ("patch", 4),
-                                        ("none", 1)])
+KINDS = [("dwt1", 1), ("dwt2", 1), ("dwt53_1", 1), ("dwt53_2", 1), ("patch", 2), ("patch", 4),
+         ("none", 1)]
+
+
+@pytest.mark.parametrize("kind,patch", KINDS)
 def test_transforms_invert_exactly(kind, patch):
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
-    y = transforms.forward(x, kind, patch)
-    factor = {"none": 1, "dwt1": 2, "dwt2": 4, "patch": patch}[kind]
+    """Round trip in float64: a few multiply-adds with coefficients <= 1 per level on values
+    |x| < 6 lose < 1e-14, so 1e-12 is exact up to rounding."""
+    assert kind in transforms.KINDS
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3))
+    with jax.enable_x64(True):
+        y = transforms.forward(jnp.asarray(x), kind, patch)
+        back = np.asarray(transforms.inverse(y, kind, patch))
+        y = np.asarray(y)
+    factor = transforms.factor(kind, patch)
+    assert y.dtype == np.float64
     assert y.shape == (2, 16 // factor, 16 // factor, 3 * factor**2)
-    np.testing.assert_allclose(transforms.inverse(y, kind, patch), x, atol=1e-6)
-    # Orthonormal (Haar) or a permutation (patch): energy is preserved.
-    np.testing.assert_allclose(jnp.sum(y**2), jnp.sum(x**2), rtol=1e-5)
+    np.testing.assert_allclose(back, x, rtol=0, atol=1e-12)
+    if not kind.startswith("dwt53"):  # Orthonormal (Haar) or a permutation: energy preserved.
+        np.testing.assert_allclose(np.sum(y**2), np.sum(x**2), rtol=1e-12)
 
 
+def _legall53_reference(x, axis):
+    """Filter-bank form in numpy float64: (-1, 2, 6, 2, -1)/8 at even and (-1, 2, -1)/2 at odd
+    samples of the whole-sample symmetric extension (numpy's 'reflect': x[-1] = x[1])."""
+    x = np.moveaxis(x, axis, -1)
+    n = x.shape[-1]
+    ext = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(2, 2)], mode="reflect")
+    low = sum(c * ext[..., k:k + n:2] for k, c in enumerate(np.array([-1, 2, 6, 2, -1]) / 8))
+    high = sum(c * ext[..., k + 2:k + 2 + n:2] for k, c in enumerate(np.array([-1, 2, -1]) / 2))
+    return np.moveaxis(low, -1, axis), np.moveaxis(high, -1, axis)
+
+
+def test_legall53_level1_matches_the_filter_bank_with_symmetric_extension():
+    x = np.random.default_rng(2).normal(size=(2, 12, 16, 3))
+    low_w, high_w = _legall53_reference(x, 2)
+    (ll, hl), (lh, hh) = _legall53_reference(low_w, 1), _legall53_reference(high_w, 1)
+    # Unit white-noise variance per band: divide by the filters' L2 norms, per axis.
+    g_low, g_high = 1 / np.sqrt(23 / 32), 1 / np.sqrt(3 / 2)
+    want = np.stack([ll * g_low**2, lh * g_low * g_high, hl * g_high * g_low, hh * g_high**2],
+                    axis=3).reshape(2, 6, 8, 12)
+    with jax.enable_x64(True):
+        got = np.asarray(transforms.forward(jnp.asarray(x), "dwt53_1"))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_legall53_level2_is_level1_on_every_band_up_to_a_scale_per_band():
+    x = np.random.default_rng(3).normal(size=(2, 16, 16, 3))
+    with jax.enable_x64(True):
+        twice = np.asarray(transforms.forward(transforms.forward(jnp.asarray(x), "dwt53_1"),
+                                              "dwt53_1"))
+        level2 = np.asarray(transforms.forward(jnp.asarray(x), "dwt53_2"))
+    ratio = level2 / twice  # [B, 4, 4, 48]: one constant per channel.
+    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[:1, :1, :1], ratio.shape), rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind, border", [("dwt1", 0), ("dwt2", 0), ("dwt53_1", 1),
+                                          ("dwt53_2", 2)])
+def test_wavelet_bands_have_unit_white_noise_variance(kind, border):
+    """The transform is linear, so the variance of an output coefficient under unit white noise
+    is the squared norm of its row of the matrix: 1 for every band (away from the border for
+    5/3, whose filters are not orthonormal and change at the border), as for Haar everywhere."""
+    size = 32
+    impulses = np.eye(size * size).reshape(size * size, size, size, 1)
+    with jax.enable_x64(True):
+        rows = np.asarray(transforms.forward(jnp.asarray(impulses), kind))
+    norms = np.sqrt(np.sum(rows**2, axis=0))  # [h, w, bands]
+    inner = norms[border:norms.shape[0] - border, border:norms.shape[1] - border]
+    np.testing.assert_allclose(inner, 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["dwt53_1", "dwt53_2"])
+def test_legall53_is_not_haar_a_ramp_leaves_the_high_bands_empty(kind):
+    """5/3 predicts odd samples linearly: a linear ramp has zero high bands except in the last
+    row / column (the border); Haar's high bands hold the ramp's slope everywhere."""
+    i, j = np.meshgrid(np.arange(16.0), np.arange(16.0), indexing="ij")
+    ramp = (0.3 * i - 0.2 * j + 1.0)[None, :, :, None]
+    haar_kind = {"dwt53_1": "dwt1", "dwt53_2": "dwt2"}[kind]
+    with jax.enable_x64(True):
+        bands = np.asarray(transforms.forward(jnp.asarray(ramp), kind))
+        haar = np.asarray(transforms.forward(jnp.asarray(ramp), haar_kind))
+    np.testing.assert_allclose(bands[:, :-1, :-1, 1:], 0.0, atol=1e-12)
+    assert np.abs(bands[:, -1:, :, 1:]).max() > 0.01  # The border does see the ramp's end.
+    assert np.min(np.abs(haar[..., 1:3])) > 0.05  # Haar: LH, HL = the slopes, everywhere.
+
+
+def test_conv_input_transform_is_a_learned_patchify():
+    """'conv' (the paper's "conv 4x4"): 4x4 stride-4 conv in, 4x4 stride-4 transposed conv out,
+    the same levels as a fixed 4x downsampling, and still an exact zero output at init."""
+    cfg = tiny_config("imagenet512", input_transform="conv", patch_size=4).model
+    model = build_model(cfg)
+    spec = model.spec
+    assert spec.transform_factor == 4
+    fixed = build_model(tiny_config("imagenet512", input_transform="dwt53_2").model).spec
+    assert spec.levels() == fixed.levels()
+    z, logsnr, labels = inputs(cfg)
+    params = nn.unbox(jit(model.init)(key(0), z, logsnr, labels))["params"]
+    width = max(cfg.base_channels * cfg.channel_multipliers[0], 4 * 4 * 3)  # Width floor.
+    assert params["stem"]["kernel"].shape == (4, 4, 3, width)
+    assert params["out_conv"]["kernel"].shape == (4, 4, width, 3)
+    out = jit(model.apply)({"params": params}, z, logsnr, labels)
+    assert out.shape == z.shape
+    np.testing.assert_array_equal(np.asarray(out), 0.0)
+    trained = trained_like_params(model, z, logsnr, labels)
+    out = jit(model.apply)({"params": trained}, z, logsnr, labels)
+    assert float(jnp.std(out)) > 1e-2
+
+
+@jax.enable_x64(True)
 def test_haar_dwt_matches_formula():
-    x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 4, 4, 2)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 4, 4, 2)))
     y = transforms.haar_dwt(x)
     a, b, c, d = x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2]
     expected = jnp.concatenate(
         [(a + b + c + d) / 2, (a - b + c - d) / 2, (a + b - c - d) / 2, (a - b - c + d) / 2], -1)
-    np.testing.assert_allclose(y, expected, atol=1e-6)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-14)
     # Constant image: all energy in the LL band of every level (2^level x the value).
     const = transforms.forward(jnp.full((1, 8, 8, 1), 3.0), "dwt2")
-    np.testing.assert_allclose(const[..., 0], 12.0, atol=1e-5)
-    np.testing.assert_allclose(const[..., 1:], 0.0, atol=1e-5)
+    np.testing.assert_allclose(const[..., 0], 12.0, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(const[..., 1:], 0.0, rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("arch", ["uvit", "unet"])
@@ -238,8 +337,16 @@ def test_remat_keeps_outputs_and_gradients(remat):
         results.append(jit(jax.value_and_grad(loss, has_aux=True))(params))
     (_, out_a), grad_a = results[0]
     (_, out_b), grad_b = results[1]
-    np.testing.assert_allclose(out_a, out_b, rtol=1e-5, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+    # The same function with float32 rounding in another order (recomputation, other fusions):
+    # the difference is within the float32 error of the longest accumulation chain, at most every
+    # layer's fan-in added up, relative to each tensor's scale (a gradient that cancels to ~0,
+    # e.g. a conv bias under GroupNorm, carries the error of its large terms). A remat that
+    # changed the function (other dropout masks or inputs) differs by O(1).
+    chain = sum(int(np.prod(k.shape[:-1])) for k in jax.tree.leaves(params) if k.ndim > 1)
+    tol = float32_sum_error(chain)
+    np.testing.assert_allclose(out_b, out_a, rtol=0, atol=tol * float(jnp.max(jnp.abs(out_a))))
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad_a))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=0, atol=tol * scale),
                  grad_a, grad_b)
 
 
@@ -259,3 +366,29 @@ def test_params_carry_logical_names(arch):
 def test_bad_model_config_raises_user_error(override):
     with pytest.raises(UserError):
         build_model(tiny_config(**override).model)
+
+
+def test_loss_defaults_follow_the_architecture():
+    """diffusion.loss='auto' (the base default): the U-Net trains on eps-MSE from its v output,
+    as in the paper; the U-ViTs on v-MSE. An explicit loss wins."""
+    diffusion = get_config().diffusion
+    assert diffusion.loss == "auto"
+    assert {arch: loss_name(diffusion, arch) for arch in ARCHS} == {
+        "uvit": "v_mse", "residual_uvit": "v_mse", "unet": "eps_mse"}
+    diffusion.loss = "v_mse"
+    assert loss_name(diffusion, "unet") == "v_mse"
+
+
+def test_registering_an_architecture_takes_one_table_entry(monkeypatch):
+    class WideUViT(UViT):
+        default_loss = "eps_mse"
+
+    monkeypatch.setitem(ARCHITECTURES, "wide_uvit", WideUViT)
+    cfg = tiny_config("imagenet256", "wide_uvit")
+    model = build_model(cfg.model)
+    assert type(model) is WideUViT and model.spec.has_transformer
+    assert loss_name(cfg.diffusion, "wide_uvit") == "eps_mse"
+    z, logsnr, labels = inputs(cfg.model)
+    assert "transformer0" in param_shapes(model, z, logsnr, labels)
+    with pytest.raises(UserError, match="wide_uvit"):  # The error lists what is registered.
+        ModelSpec.from_config(tiny_config(arch="vit").model)

@@ -39,7 +39,7 @@ def _sample(workdir: Path, num_devices: int) -> tuple[Path, dict[str, np.ndarray
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = Path(proc.stdout.strip().splitlines()[-1])  # The last stdout line is the .npz path.
     assert path.is_file() and path.parent == workdir / "samples" and path.suffix == ".npz"
-    with np.load(path) as npz:
+    with np.load(path, allow_pickle=False) as npz:
         return path, {k: npz[k] for k in npz.files}
 
 

@@ -1,4 +1,4 @@
-"""Schedules: formulas, clip bounds, eq. 6 order, and the pooled-SNR claim (budget: ~5 s)."""
+"""Schedules: formulas, clip bounds, the interpolated order, the pooled-SNR claim (~5 s)."""
 
 import math
 
@@ -15,25 +15,28 @@ from sd_jax.losses import average_pool, diffuse
 T_GRID = np.linspace(0.0, 1.0, 1001)
 
 
-def _cosine_reference(t, logsnr_min=-15.0, logsnr_max=15.0):
-    """REFERENCE.md section 2, in float64."""
+def cosine_reference(t, logsnr_min=-15.0, logsnr_max=15.0):
+    """docs/recipe.md section 2, in float64."""
     t_min = np.arctan(np.exp(-logsnr_max / 2))
     t_max = np.arctan(np.exp(-logsnr_min / 2))
     return -2 * np.log(np.tan(t_min + np.asarray(t, np.float64) * (t_max - t_min)))
 
 
+@jax.enable_x64(True)  # Exactness of the formula: float64. (In float32, near t = 1 the tangent
+# is within 5e-4 of its pole, so one rounding of t moves logSNR by ~1e-4: no test of the formula.)
 def test_cosine_matches_formula_endpoints_and_midpoint():
     got = np.asarray(schedules.logsnr_cosine(T_GRID))
-    np.testing.assert_allclose(got, _cosine_reference(T_GRID), rtol=1e-5, atol=2e-5)
-    np.testing.assert_allclose(schedules.logsnr_cosine(0.0), 15.0, atol=1e-4)
-    np.testing.assert_allclose(schedules.logsnr_cosine(1.0), -15.0, atol=1e-4)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, cosine_reference(T_GRID), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(schedules.logsnr_cosine(0.0), 15.0, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(schedules.logsnr_cosine(1.0), -15.0, rtol=0, atol=1e-10)
     # The clip is symmetric, so t = 1/2 is still logSNR 0; away from the ends it is the plain
-    # cosine -2 log tan(pi t / 2) up to the small reparametrisation.
-    np.testing.assert_allclose(schedules.logsnr_cosine(0.5), 0.0, atol=1e-5)
+    # cosine -2 log tan(pi t / 2) up to the small reparametrisation (~1e-3 at t = 0.3).
+    np.testing.assert_allclose(schedules.logsnr_cosine(0.5), 0.0, rtol=0, atol=1e-12)
     np.testing.assert_allclose(schedules.logsnr_cosine(0.3), -2 * np.log(np.tan(0.15 * np.pi)),
                                atol=2e-3)
-    np.testing.assert_allclose(schedules.logsnr_cosine(0.0, -5.0, 7.0), 7.0, atol=1e-4)
-    np.testing.assert_allclose(schedules.logsnr_cosine(1.0, -5.0, 7.0), -5.0, atol=1e-4)
+    np.testing.assert_allclose(schedules.logsnr_cosine(0.0, -5.0, 7.0), 7.0, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(schedules.logsnr_cosine(1.0, -5.0, 7.0), -5.0, rtol=0, atol=1e-10)
 
 
 def test_cosine_clip_bounds_and_strict_monotonicity():
@@ -52,21 +55,31 @@ def test_shift_formula(image_d, noise_d):
     shifted = schedules.logsnr_shifted_cosine(T_GRID, image_d, noise_d)
     diff = np.asarray(shifted - schedules.logsnr_cosine(T_GRID))
     np.testing.assert_allclose(diff, 2 * math.log(noise_d / image_d), atol=1e-4)
-    # SNR_d * (d / base)^2 = SNR_base (REFERENCE.md section 1).
+    # SNR_d * (d / base)^2 = SNR_base (docs/recipe.md section 1).
     np.testing.assert_allclose(np.exp(diff) * (image_d / noise_d) ** 2, 1.0, rtol=1e-4)
 
 
-def test_interpolated_follows_eq6_order():
-    t = jnp.asarray([0.0, 0.25, 1.0])
-    got = schedules.logsnr_interpolated_cosine(t, 512, noise_d_low=32, noise_d_high=256)
-    low = schedules.logsnr_shifted_cosine(t, 512, 32)
-    high = schedules.logsnr_shifted_cosine(t, 512, 256)
-    np.testing.assert_allclose(got[0], low[0], atol=1e-5)  # t = 0: noise_d_low.
-    np.testing.assert_allclose(got[2], high[2], atol=1e-5)  # t = 1: noise_d_high.
-    np.testing.assert_allclose(got[1], 0.25 * high[1] + 0.75 * low[1], atol=1e-5)
-    # Hand numbers: 15 + 2 ln(32/512) and -15 + 2 ln(256/512).
-    np.testing.assert_allclose(got[0], 15.0 - 5.545177, atol=1e-4)
-    np.testing.assert_allclose(got[2], -15.0 - 1.386294, atol=1e-4)
+@jax.enable_x64(True)  # The formula, not float32 rounding near the tangent's pole at t = 1.
+def test_interpolated_follows_the_papers_listing_order():
+    """`t * shifted(noise_d_low) + (1 - t) * shifted(noise_d_high)`: the strongest shift (32)
+    at the noisy end t = 1. At 512 with 32 / 256 and the +-15 clip that is ~13.6 at t = 0 and
+    ~-20.5 at t = 1 (the reverse order would give ~9.5 and ~-16.4)."""
+    t = jnp.asarray([0.0, 0.25, 1.0], jnp.float64)
+    got = np.asarray(schedules.logsnr_interpolated_cosine(t, 512, noise_d_low=32,
+                                                          noise_d_high=256))
+    assert got.dtype == np.float64
+    t64 = np.asarray(t, np.float64)
+    low = cosine_reference(t64) + 2 * np.log(32 / 512)
+    high = cosine_reference(t64) + 2 * np.log(256 / 512)
+    want = t64 * low + (1 - t64) * high
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    # The ends: the clip bounds +-15 shifted by 2 ln(256/512) at t = 0, 2 ln(32/512) at t = 1.
+    np.testing.assert_allclose(want[[0, 2]], [15 + 2 * np.log(0.5), -15 + 2 * np.log(1 / 16)])
+    assert abs(got[0] - 13.6) < 0.05 and abs(got[2] - (-20.55)) < 0.05
+    cfg = get_config().diffusion
+    cfg.update(dict(schedule="interpolated_cosine", noise_d_low=256, noise_d_high=32))
+    with pytest.raises(UserError, match="swap"):
+        schedules.get_logsnr_fn(cfg, 512)
 
 
 @pytest.mark.parametrize("logsnr", [-100.0, -20.0, -3.0, 0.0, 2.5, 20.0, 100.0])

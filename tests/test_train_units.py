@@ -11,7 +11,14 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from utils import tiny_config
 
-from sd_jax import checkpointing, metrics_io, sharding, train_state, train_step
+from sd_jax import (
+    checkpoint_integrity,
+    checkpointing,
+    metrics_io,
+    sharding,
+    train_state,
+    train_step,
+)
 from sd_jax.errors import UserError
 
 RULES = sharding.rules_from_config(tiny_config())
@@ -128,7 +135,8 @@ def test_checkpoints_keep_last_k_and_ignore_interrupted_saves(tmp_path):
     state, meta = ckpt.restore(abstract)
     ckpt.close()
     np.testing.assert_array_equal(state["w"], np.full((4, 2), 3.0))
-    assert meta == {"step": 3, "seed": 0}
+    assert {k: meta[k] for k in ("step", "seed")} == {"step": 3, "seed": 0}
+    assert meta["checksums"] == checkpoint_integrity.fingerprints(_tree(3))
     assert not partial.exists()  # Cleaned up on start.
 
 
@@ -136,3 +144,26 @@ def test_restore_inference_params_without_checkpoint(tmp_path):
     mesh = sharding.make_mesh(tiny_config().mesh)
     with pytest.raises(UserError, match="checkpoint"):
         checkpointing.restore_inference_params(tmp_path, tiny_config(), mesh)
+
+
+def test_train_step_trains_each_architecture_on_its_default_loss(monkeypatch):
+    """diffusion.loss='auto' reaches diffusion_loss resolved by the architecture's table entry."""
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["loss"])
+        return real(*args, **kwargs)
+
+    real = train_step.losses.diffusion_loss
+    monkeypatch.setattr(train_step.losses, "diffusion_loss", spy)
+    model = types.SimpleNamespace(apply=lambda v, z, *args, **kwargs: v["params"]["s"] * z)
+    batch = {"image": jnp.zeros((2, 8, 8, 3)), "label": jnp.zeros(2, jnp.int32)}
+    for arch in ("unet", "uvit"):
+        cfg = tiny_config(**{"model.arch": arch})
+        assert cfg.diffusion.loss == "auto"
+        tx = train_state.make_optimizer(cfg.optimizer)
+        params = {"s": jnp.float32(0.5)}
+        state = train_state.TrainState(step=jnp.int32(0), params=params, ema_params=params,
+                                       opt_state=tx.init(params))
+        train_step.train_step(state, batch, jax.random.key(0), model=model, tx=tx, config=cfg)
+    assert seen == ["eps_mse", "v_mse"]

@@ -9,6 +9,18 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+U32 = 2.0**-24  # float32 unit roundoff: the relative rounding error bound of one operation.
+
+
+def float32_sum_error(num_terms: int) -> float:
+    """(n - 1) u: bound on the rounding error of a float32 sum of n terms, relative to the sum of
+    their magnitudes (Higham, Accuracy and Stability of Numerical Algorithms, eq. 3.5).
+
+    The yardstick for two float32 evaluations of one formula that differ only in the order of
+    operations (fusion, vectorisation, recomputation): it holds on any CPU, unlike a tolerance
+    read off one machine.
+    """
+    return max(num_terms - 1, 1) * U32
 
 
 def child_env(num_devices: int = 1) -> dict[str, str]:
@@ -93,3 +105,33 @@ def override_args(config) -> list[str]:
 def config_args(config) -> list[str]:
     """launch.py flags (config file + overrides) that load `config`."""
     return ["--config=configs/quickstart.py", *override_args(config)]
+
+
+DAMAGE_KINDS = ("truncate", "metadata", "flip")
+
+
+def damage_checkpoint(step_dir, kind: str):
+    """Damages a saved checkpoint as a full disk, a bad copy or bit rot would; returns the file.
+
+    'truncate': the largest array data file (OCDBT, zstd-compressed chunks) is cut to half its
+    size; 'metadata': the tree
+    metadata `state/_METADATA` is deleted; 'flip': one byte in the middle of the largest array
+    data file is inverted, the size unchanged. `step_dir` may be local or gs:// (etils.epath).
+    """
+    from etils import epath
+
+    state = epath.Path(step_dir) / "state"
+    if kind == "metadata":
+        (state / "_METADATA").unlink()
+        return state / "_METADATA"
+    data = max((p for p in state.glob("ocdbt.process_*/d/*") if p.is_file()),  # Array chunks.
+               key=lambda p: p.stat().length)
+    raw = bytearray(data.read_bytes())
+    if kind == "truncate":
+        raw = raw[: len(raw) // 2]
+    elif kind == "flip":
+        raw[len(raw) // 2] ^= 0xFF
+    else:
+        raise ValueError(kind)
+    data.write_bytes(bytes(raw))
+    return data

@@ -1,4 +1,4 @@
-"""Paper ablation (REFERENCE section 6): multiscale loss at 512 (FID 4.85 off -> 4.30 on)."""
+"""Paper ablation (docs/recipe.md section 8): multiscale loss at 512 (FID 4.85 off -> 4.30 on)."""
 
 from experiments.sweep_lib import grid
 

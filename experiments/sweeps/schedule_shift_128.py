@@ -1,4 +1,4 @@
-"""Paper ablation (REFERENCE section 6): noise schedule at 128.
+"""Paper ablation (docs/recipe.md section 8): noise schedule at 128.
 
 cosine 2.96/3.38, shifted noise_d=64 2.41/3.03, shifted noise_d=32 2.26/2.88 (FID train/eval).
 """

@@ -3,7 +3,8 @@
 Every source has `__len__`, `__getitem__(i) -> (uint8 [H, W, C] image, int label)` and
 `num_classes` (0: unconditional). Images may have any size and 1, 3 or 4 channels; the loader
 crops, resizes and converts them. `__getitem__` may raise on a corrupt record: the loader
-counts it and substitutes another index. The tfds source lives in `tfds_source.py`.
+counts it and substitutes another index. Sources are pickled into the loader's worker
+processes, so they hold no open files or threads. The tfds source lives in `tfds_source.py`.
 """
 
 from __future__ import annotations
@@ -133,13 +134,32 @@ class FolderSource:
             self.class_names = []
             self.labels = np.zeros(len(images), np.int64)
         self.root = root
-        self.paths = images
+        # Plain strings, not Paths: the source is pickled into every worker process, and a
+        # million Path objects pickle several times slower and larger than their strings.
+        self.files = [str(f) for f in images]
         self.num_classes = len(self.class_names)
 
+    @property
+    def paths(self) -> list[Path]:
+        """The image files, in index order."""
+        return [Path(f) for f in self.files]
+
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        with Image.open(self.paths[index]) as image:
-            image = image.convert("RGB")  # Decodes; raises on corrupt/truncated files.
-        return np.asarray(image), int(self.labels[index])
+        return decode_rgb8(self.files[index]), int(self.labels[index])
+
+
+# Pillow's modes for 16-bit grayscale (PNG); `convert("RGB")` would clip them at 255.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def decode_rgb8(path: str | os.PathLike) -> np.ndarray:
+    """uint8 [H, W, 3] of an image file; 16-bit images are scaled to 8 bits (65535 -> 255), not
+    clipped. Raises on corrupt or truncated files."""
+    with Image.open(path) as image:
+        if image.mode in _SIXTEEN_BIT_MODES:  # Pillow already reduces 16-bit RGB to 8 bits.
+            gray = np.rint(np.asarray(image, np.float64) / 257.0)  # 257 = 65535 / 255.
+            return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+        return np.asarray(image.convert("RGB"))  # Decodes the pixels.

@@ -7,7 +7,7 @@ no download: the classifier is trained on first use (`digits_net.load_or_build`)
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import numpy as np
 
@@ -35,14 +35,13 @@ def digits_metrics(samples_u8: np.ndarray, labels: np.ndarray | None, variables:
     return out
 
 
-def evaluate_npz(samples_path: str | Path, classifier_path: str | None,
+def evaluate_npz(samples_path: str | os.PathLike, classifier_path: str | None,
                  num_classes: int) -> dict[str, float]:
     """Scores an ADM-format samples .npz (arr_0 images, arr_1 labels if class-conditional)."""
-    path = Path(samples_path)
-    names = npz_io.keys(path)
-    with np.load(path) as npz:
-        samples = npz["arr_0"]
-        labels = npz["arr_1"] if "arr_1" in names and num_classes else None
+    path = samples_path
+    arrays = npz_io.load(path, "samples")
+    samples = arrays["arr_0"]
+    labels = arrays.get("arr_1") if num_classes else None
     if samples.ndim != 4 or samples.shape[1] != samples.shape[2]:
         raise UserError(f"{path}: arr_0 has shape {samples.shape}; expected square "
                         "[N, H, W, 3] digit samples")

@@ -32,10 +32,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import traverse_util
 from PIL import Image
 
+from sd_jax import paths
 from sd_jax.errors import UserError
+from sd_jax.eval import npz_io
 
 INPUT_SIZE = 16
 FEATURES = 64
@@ -65,10 +68,10 @@ class DigitsNet(nn.Module):
         return {"pool": features, "logits": nn.Dense(NUM_CLASSES)(nn.relu(features))}
 
 
-def default_path() -> Path:
+def default_path() -> epath.Path:
     """Where the classifier is cached when `config.eval.digits_classifier` is unset."""
     root = os.environ.get("SD_JAX_CACHE_DIR") or Path.home() / ".cache" / "sd_jax"
-    return Path(root) / f"digits_classifier_v{VERSION}.npz"
+    return paths.as_path(root) / f"digits_classifier_v{VERSION}.npz"
 
 
 def to_input(images: np.ndarray) -> np.ndarray:
@@ -166,29 +169,29 @@ def abstract_variables() -> dict:
     return jax.eval_shape(lambda: DigitsNet().init(jax.random.PRNGKey(0), x))
 
 
-def save_weights(variables: dict, path: str | Path, test_accuracy: float) -> Path:
+def save_weights(variables: dict, path: str | os.PathLike, test_accuracy: float
+                 ) -> epath.Path:
     """Writes the weights (and their test accuracy) atomically as an .npz."""
-    path = Path(path)
+    path = paths.as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = traverse_util.flatten_dict(variables, sep="/")
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:  # A file object keeps numpy from appending ".npz".
+    tmp = path.parent / f"{path.name}.{os.getpid()}.tmp"
+    with tmp.open("wb") as f:  # A file object keeps numpy from appending ".npz".
         np.savez(f, test_accuracy=np.float64(test_accuracy),
                  **{k: np.asarray(v, np.float32) for k, v in flat.items()})
-    os.replace(tmp, path)  # Concurrent builders: the last complete file wins, never a partial.
+    tmp.replace(path)  # Concurrent builders: the last complete file wins, never a partial.
     return path
 
 
-def load_weights(path: str | Path) -> tuple[dict, float]:
+def load_weights(path: str | os.PathLike) -> tuple[dict, float]:
     """Reads and validates an .npz written by `save_weights`: (variables, test accuracy)."""
-    path = Path(path)
+    path = paths.as_path(path)
     if not path.is_file():
         raise UserError(f"digits classifier {path} does not exist; build it with "
                         f"`python -m sd_jax.eval.digits_net --out={path}`")
     expected = traverse_util.flatten_dict(abstract_variables(), sep="/")
-    with np.load(path) as npz:
-        flat = {k: npz[k] for k in npz.files if k != "test_accuracy"}
-        accuracy = float(npz["test_accuracy"]) if "test_accuracy" in npz.files else float("nan")
+    flat = npz_io.load(path, "digits classifier")
+    accuracy = float(flat.pop("test_accuracy", np.nan))
     bad = sorted(k for k in expected if k not in flat or flat[k].shape != expected[k].shape)
     if bad or set(flat) - set(expected):
         raise UserError(f"{path} is not a digits classifier v{VERSION} file (e.g. {bad[:2]}); "
@@ -196,10 +199,10 @@ def load_weights(path: str | Path) -> tuple[dict, float]:
     return traverse_util.unflatten_dict(flat, sep="/"), accuracy
 
 
-def load_or_build(path: str | Path | None = None, log: Callable[[str], None] = print
+def load_or_build(path: str | os.PathLike | None = None, log: Callable[[str], None] = print
                   ) -> tuple[dict, float]:
     """The cached classifier at `path` (default `default_path()`), trained first if missing."""
-    path = Path(path) if path else default_path()
+    path = paths.as_path(path) if path else default_path()
     if not path.is_file():
         start = time.time()
         log(f"training the digits classifier once into {path} ...")
@@ -224,7 +227,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Train and cache the digits classifier.")
     parser.add_argument("--out", default=None, help=f"weights .npz (default {default_path()})")
     args = parser.parse_args()
-    path = Path(args.out) if args.out else default_path()
+    path = paths.as_path(args.out) if args.out else default_path()
     if path.exists():
         path.unlink()  # The command always rebuilds; eval mode reuses the cache.
     _, accuracy = load_or_build(path)

@@ -16,6 +16,7 @@ import scipy.linalg
 import scipy.special
 
 ExtractFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+FID_METHODS = ("sqrtm", "eigh")  # config.eval.fid_method (see `frechet_distance`).
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -42,7 +43,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     elif method == "sqrtm":
         tr_covmean = _trace_sqrtm_product(sigma1, sigma2, eps)
     else:
-        raise ValueError(f"unknown FID method {method!r}; use 'sqrtm' or 'eigh'")
+        raise ValueError(f"unknown FID method {method!r}; use one of {FID_METHODS}")
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 

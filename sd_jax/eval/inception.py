@@ -16,21 +16,28 @@ Weights format: an `.npz` whose keys are the flattened variable tree joined by "
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 from sd_jax.errors import UserError
+from sd_jax.eval import npz_io
+from sd_jax.paths import as_path
 
 HIGHEST = jax.lax.Precision.HIGHEST  # FID must not depend on TF32 / bf16 matmul defaults.
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
 SPATIAL_CHANNELS = 7  # ADM evaluator: mixed_6/conv[..., :7].
+PREPROCESS_MODES = ("tf1", "pytorch_fid")  # config.eval.inception_preprocess (see `preprocess`).
+# Feature sizes of the statistics in a reference .npz: mu/sigma from pool3, mu_s/sigma_s from
+# mixed_6/conv (17 x 17 grid at 299 px, SPATIAL_CHANNELS channels).
+FEATURE_DIMS = {"mu": 2048, "mu_s": 17 * 17 * SPATIAL_CHANNELS}
 
 WEIGHTS_HELP = (
     "Get pytorch-fid's weights file pt_inception-2015-12-05-6726825d.pth (GitHub release "
@@ -179,8 +186,8 @@ def preprocess(images_bhwc: jax.Array, mode: str = "tf1") -> jax.Array:
     'tf1': legacy TF bilinear resize then (x - 128) / 128, as the TF graph the ADM reference
     statistics were made with. 'pytorch_fid': half-pixel bilinear then x / 127.5 - 1.
     """
-    if mode not in ("tf1", "pytorch_fid"):
-        raise UserError(f"eval.inception_preprocess={mode!r}; use 'tf1' or 'pytorch_fid'")
+    if mode not in PREPROCESS_MODES:
+        raise UserError(f"eval.inception_preprocess={mode!r}; use one of {PREPROCESS_MODES}")
     x = jnp.asarray(images_bhwc, jnp.float32)
     _, h, w, _ = x.shape
     if (h, w) != (INPUT_SIZE, INPUT_SIZE):
@@ -251,28 +258,27 @@ def random_variables(seed: int = 0) -> dict:
     return traverse_util.unflatten_dict(out, sep="/")
 
 
-def save_weights(variables: dict, path: str | Path) -> Path:
+def save_weights(variables: dict, path: str | os.PathLike) -> epath.Path:
     """Writes the variable tree as an .npz with '/'-joined keys (the documented format)."""
-    path = Path(path)
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
-    with open(path, "wb") as f:  # A file object keeps numpy from appending ".npz".
+    with path.open("wb") as f:  # A file object keeps numpy from appending ".npz".
         np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
     return path
 
 
-def load_weights(path: str | Path | None) -> dict:
+def load_weights(path: str | os.PathLike | None) -> dict:
     """Reads and validates an .npz written by `save_weights` or the converter."""
     if not path:
         raise UserError(f"config.eval.inception_weights is not set. {WEIGHTS_HELP}")
-    path = Path(path)
+    path = as_path(path)
     if not path.is_file():
         raise UserError(f"Inception weights file {path} does not exist. {WEIGHTS_HELP}")
     if path.suffix == ".pth":
         raise UserError(f"{path} is a torch file; convert it first. {WEIGHTS_HELP}")
     expected = traverse_util.flatten_dict(abstract_variables(), sep="/")
-    with np.load(path) as npz:
-        flat = {k: npz[k] for k in npz.files}
+    flat = npz_io.load(path, "Inception weights file")  # Pickles refused; truncation -> one line.
     missing = sorted(set(expected) - set(flat))
     unexpected = sorted(set(flat) - set(expected))
     bad = [k for k in expected if k in flat and flat[k].shape != expected[k].shape]

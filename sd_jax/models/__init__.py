@@ -3,6 +3,7 @@
 `build_model(model_cfg)` returns a module called as
 `model.apply({"params": p}, z_bhwc, logsnr_b, labels_b, train=bool, rngs={"dropout": key})`,
 which returns a float32 array of `z_bhwc.shape` (v or eps, per `model_cfg.prediction`).
+The architectures are the entries of `registry.ARCHITECTURES` (`model_cfg.arch` names one).
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
+from sd_jax.models.registry import ARCHITECTURES, loss_name
 from sd_jax.models.spec import ModelSpec
 from sd_jax.models.unet import UNet
-from sd_jax.models.uvit import UViT
+from sd_jax.models.uvit import ResidualUViT, UViT
 
-__all__ = ["ModelSpec", "UNet", "UViT", "build_model"]
+__all__ = ["ARCHITECTURES", "ModelSpec", "ResidualUViT", "UNet", "UViT", "build_model",
+           "loss_name"]
 
 
 def build_model(model_cfg: ml_collections.ConfigDict) -> nn.Module:
     """Builds the network described by `config.model` (raises UserError on bad values)."""
     spec = ModelSpec.from_config(model_cfg)
-    return UNet(spec) if spec.arch == "unet" else UViT(spec)
+    return spec.architecture(spec)

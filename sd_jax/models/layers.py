@@ -47,6 +47,18 @@ def conv(features: int, kernel: int, dtype: jnp.dtype, *, stride: int = 1, zero:
         bias_init=logical(nn.initializers.zeros_init(), (out_name,)))
 
 
+def conv_transpose(features: int, kernel: int, dtype: jnp.dtype, *, zero: bool = False,
+                   in_name: str = "conv_in", out_name: str = "conv_out",
+                   name: str | None = None) -> nn.ConvTranspose:
+    """Transposed conv with stride = kernel (each input pixel -> its own kernel x kernel patch)."""
+    kernel_init = nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal()
+    return nn.ConvTranspose(
+        features, (kernel, kernel), strides=(kernel, kernel), dtype=dtype,
+        param_dtype=jnp.float32, name=name,
+        kernel_init=logical(kernel_init, (None, None, in_name, out_name)),
+        bias_init=logical(nn.initializers.zeros_init(), (out_name,)))
+
+
 def group_norm(channels: int, name: str | None = None) -> nn.GroupNorm:
     """GroupNorm computed and returned in float32."""
     return nn.GroupNorm(

@@ -9,10 +9,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from sd_jax.errors import UserError
+from sd_jax.models import transforms
 from sd_jax.models.colour import COLOUR_TRANSFORMS
 
-ARCHS = ("uvit", "residual_uvit", "unet")
-TRANSFORMS = ("none", "dwt1", "dwt2", "patch")
+# model.input_transform: the fixed transforms, or 'conv' (a learned patch_size x patch_size,
+# stride patch_size conv in, transposed conv out: the paper's "conv 4x4"; see unet.UNet).
+TRANSFORMS = (*transforms.KINDS, "conv")
 REMAT = ("none", "transformer", "all")
 ATTENTION_IMPLS = ("xla", "cudnn")
 
@@ -76,12 +78,15 @@ class ModelSpec:
 
     @property
     def transform_factor(self) -> int:
-        """Spatial downsampling of the lossless input transform."""
-        return {"none": 1, "dwt1": 2, "dwt2": 4, "patch": self.patch_size}[self.input_transform]
+        """Spatial downsampling of the input transform (fixed, or the learned 'conv')."""
+        if self.input_transform == "conv":
+            return self.patch_size
+        return transforms.factor(self.input_transform, self.patch_size)
 
     @property
     def input_channels(self) -> int:
-        """Channels the first conv sees after the lossless input transform (48 for DWT-2 of RGB)."""
+        """Channels per position after the input transform (48 for DWT-2 of RGB; for the learned
+        'conv', the values in one patch its head writes)."""
         return self.image_channels * self.transform_factor**2
 
     def level_width(self, i: int) -> int:
@@ -98,8 +103,17 @@ class ModelSpec:
         return max(width, self.input_channels) if i == 0 else width
 
     @property
-    def is_uvit(self) -> bool:
-        return self.arch in ("uvit", "residual_uvit")
+    def architecture(self) -> type:
+        """The network class of `arch` (registry.ARCHITECTURES); UserError if unknown."""
+        # Imported here: the registry imports the network modules, which import this one.
+        from sd_jax.models.registry import architecture
+
+        return architecture(self.arch)
+
+    @property
+    def has_transformer(self) -> bool:
+        """Whether the lowest level is a transformer stack (the last multiplier is its width)."""
+        return self.architecture.has_transformer
 
     @property
     def lowest_resolution(self) -> int:
@@ -111,6 +125,13 @@ class ModelSpec:
     def transformer_width(self) -> int:
         return self.base_channels * self.channel_multipliers[-1]
 
+    def attention_widths(self) -> list[int]:
+        """Widths of every self-attention: the transformer's, or the U-Net's attention levels
+        plus its middle block."""
+        if self.has_transformer:
+            return [self.transformer_width]
+        return [lv.channels for lv in self.levels() if lv.attention] + [self.levels()[-1].channels]
+
     def dropout_at(self, resolution: int) -> float:
         """Dropout rate for blocks running at `resolution` (paper: only at 16x16 and below)."""
         return self.dropout if resolution <= self.dropout_max_resolution else 0.0
@@ -118,18 +139,19 @@ class ModelSpec:
     def levels(self) -> list[Level]:
         """The convolutional levels; for the U-ViTs the last multiplier is the transformer."""
         mults = self.channel_multipliers
-        num_conv = len(mults) - 1 if self.is_uvit else len(mults)
+        conv_attention = self.architecture.conv_attention
+        num_conv = len(mults) - 1 if self.has_transformer else len(mults)
         res = self.image_size // self.transform_factor
         levels = []
         for i in range(num_conv):
             last = i == len(mults) - 1
-            into_transformer = self.is_uvit and i == num_conv - 1
+            into_transformer = self.has_transformer and i == num_conv - 1
             levels.append(Level(
                 resolution=res,
                 channels=self.level_width(i),
                 down_channels=None if last else self.level_width(i + 1),
                 down_logical="embed" if into_transformer else "conv_out",
-                attention=self.arch == "unet" and res in self.attention_resolutions,
+                attention=conv_attention and res in self.attention_resolutions,
                 dropout=self.dropout_at(res),
             ))
             res //= 2
@@ -137,24 +159,27 @@ class ModelSpec:
 
     def validate(self) -> None:
         """Raises UserError when the config cannot describe a network."""
-        choices = [("arch", ARCHS), ("input_transform", TRANSFORMS), ("remat", REMAT),
-                   ("attention_impl", ATTENTION_IMPLS), ("colour_transform", COLOUR_TRANSFORMS)]
+        _ = self.architecture  # An unknown model.arch raises here, listing the registered ones.
+        choices = [("input_transform", TRANSFORMS), ("remat", REMAT),
+                   ("attention_impl", ATTENTION_IMPLS),
+                   ("colour_transform", COLOUR_TRANSFORMS)]
         for field, allowed in choices:
             if getattr(self, field) not in allowed:
                 raise UserError(f"model.{field}={getattr(self, field)!r}; use one of {allowed}")
         if self.colour_transform != "none" and self.image_channels != 3:
             raise UserError(f"model.colour_transform={self.colour_transform!r} needs RGB images "
                             f"(image_channels=3, got {self.image_channels}); use 'none'")
-        if self.is_uvit and len(self.channel_multipliers) < 2:
-            raise UserError("U-ViT needs >= 2 channel_multipliers (conv levels + transformer)")
+        if self.has_transformer and len(self.channel_multipliers) < 2:
+            raise UserError(f"model.arch={self.arch!r} needs >= 2 channel_multipliers (conv "
+                            "levels + transformer)")
+        if self.input_transform in ("patch", "conv") and self.patch_size < 1:
+            raise UserError(f"model.patch_size={self.patch_size} must be >= 1")
         total = self.transform_factor * 2 ** (len(self.channel_multipliers) - 1)
         if self.image_size % total:
             raise UserError(
                 f"model.image_size={self.image_size} is not divisible by the total downsampling "
                 f"{total} (input transform x 2 per level); change channel_multipliers")
-        attn_widths = [self.transformer_width] if self.is_uvit else [
-            lv.channels for lv in self.levels() if lv.attention] + [self.levels()[-1].channels]
-        for w in attn_widths:
+        for w in self.attention_widths():
             if w % self.num_heads:
                 raise UserError(f"attention width {w} is not divisible by num_heads="
                                 f"{self.num_heads}")

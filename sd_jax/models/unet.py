@@ -6,9 +6,13 @@ stride-2 conv down -> middle -> per level: 2x2 stride-2 transposed conv up, `num
 ResBlocks on [h, skip] -> GroupNorm-swish-conv head (zero-initialised, float32) -> inverse
 transforms. With `residual_skips` (SiD2's residual U-ViT) there are no block-wise skips; each
 down/up step is wrapped in one residual: `h = up(x - h_after_down) + h_before_down`.
+With `input_transform='conv'` (the paper's "conv 4x4") the stem is a learned p x p stride-p conv
+on the pixels and the head a p x p stride-p transposed conv back to them (p = `patch_size`).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -21,10 +25,11 @@ class UNet(nn.Module):
     """Conv U-Net: ResBlocks on all levels, attention at 16 and 8, ResBlock-attn-ResBlock middle."""
 
     spec: ModelSpec
-
-    @property
-    def residual_skips(self) -> bool:
-        return self.spec.arch == "residual_uvit"
+    # Read by ModelSpec and sd_jax.models.registry; subclasses override them.
+    has_transformer: ClassVar[bool] = False  # Lowest level: a transformer stack (U-ViT).
+    conv_attention: ClassVar[bool] = True  # Self-attention at attention_resolutions.
+    residual_skips: ClassVar[bool] = False  # SiD2: one residual per down/up step, no U-Net skips.
+    default_loss: ClassVar[str] = "eps_mse"  # diffusion.loss='auto' (paper: U-Net on eps-MSE).
 
     def res_block(self, channels: int, dropout: float, name: str) -> nn.Module:
         cls = layers.maybe_remat(layers.ResBlock, self.spec.remat, "conv", train_argnum=3)
@@ -61,12 +66,16 @@ class UNet(nn.Module):
                  train: bool = False) -> jnp.ndarray:
         """Maps noisy images [B, H, W, C] to the v / eps prediction, float32, same shape."""
         spec, dtype = self.spec, self.spec.compute_dtype
+        learned = spec.input_transform == "conv"  # Else a fixed, exactly inverted transform.
         x = colour.forward(z_bhwc.astype(jnp.float32), spec.colour_transform)
-        x = transforms.forward(x, spec.input_transform, spec.patch_size)
+        if not learned:
+            x = transforms.forward(x, spec.input_transform, spec.patch_size)
         emb = layers.ConditionEmbedding(spec.emb_dim, spec.num_classes, name="cond")(
             logsnr_b, labels_b)
         levels = spec.levels()
-        h = layers.conv(levels[0].channels, 3, dtype, name="stem")(x.astype(dtype))
+        stem_kernel, stem_stride = (spec.patch_size, spec.patch_size) if learned else (3, 1)
+        h = layers.conv(levels[0].channels, stem_kernel, dtype, stride=stem_stride,
+                        name="stem")(x.astype(dtype))
 
         saved = []  # Per level: (U-Net skips or None, h before down, h after down).
         for i, level in enumerate(levels):
@@ -85,16 +94,16 @@ class UNet(nn.Module):
         for i in reversed(range(len(levels))):
             level, (skips, before, after) = levels[i], saved[i]
             if level.down_channels is not None:
-                up = nn.ConvTranspose(
-                    level.channels, (2, 2), strides=(2, 2), dtype=dtype,
-                    param_dtype=jnp.float32, name=f"up{i}_up",
-                    kernel_init=layers.logical(nn.initializers.lecun_normal(),
-                                               (None, None, level.down_logical, "conv_out")),
-                    bias_init=layers.logical(nn.initializers.zeros_init(), ("conv_out",)))
+                up = layers.conv_transpose(level.channels, 2, dtype, in_name=level.down_logical,
+                                           name=f"up{i}_up")
                 h = up(h - after) + before if self.residual_skips else up(h)
             h, _ = self.level_blocks(h, emb, train, level, f"up{i}", skips)
 
         h = nn.swish(layers.group_norm(h.shape[-1], name="out_norm")(h))
-        out = layers.conv(x.shape[-1], 3, jnp.float32, zero=True, name="out_conv")(h)
-        out = transforms.inverse(out, spec.input_transform, spec.patch_size)
+        if learned:
+            out = layers.conv_transpose(spec.image_channels, spec.patch_size, jnp.float32,
+                                        zero=True, name="out_conv")(h)
+        else:
+            out = layers.conv(x.shape[-1], 3, jnp.float32, zero=True, name="out_conv")(h)
+            out = transforms.inverse(out, spec.input_transform, spec.patch_size)
         return colour.inverse(out, spec.colour_transform).astype(jnp.float32)

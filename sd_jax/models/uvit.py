@@ -2,11 +2,13 @@
 
 The conv levels, skips, conditioning and output head are the U-Net's (`unet.UNet`); the lowest
 level is replaced by a stack of pre-norm transformer blocks on [B, L, D] tokens (L = 16 x 16 for
-the ImageNet configs), with residual connections only. `arch='residual_uvit'` switches the
-conv levels to SiD2's one-residual-per-down/up-step layout (see `unet.py`).
+the ImageNet configs), with residual connections only. `ResidualUViT` (`arch='residual_uvit'`)
+switches the conv levels to SiD2's one-residual-per-down/up-step layout (see `unet.py`).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -17,6 +19,10 @@ from sd_jax.models.unet import UNet
 
 class UViT(UNet):
     """U-Net with a transformer stack at the lowest resolution."""
+
+    has_transformer: ClassVar[bool] = True
+    conv_attention: ClassVar[bool] = False
+    default_loss: ClassVar[str] = "v_mse"  # Paper: the U-ViT trains on v-MSE.
 
     def middle(self, h: jnp.ndarray, emb: jnp.ndarray, train: bool) -> jnp.ndarray:
         """Transformer stack: tokens + position + conditioning, `transformer_depth` blocks.
@@ -38,3 +44,9 @@ class UViT(UNet):
             x = block_cls(spec.num_heads, spec.mlp_ratio, dropout, spec.compute_dtype,
                           spec.attention_impl, name=f"transformer{i}")(x, train)
         return x.reshape(b, res_h, res_w, width)
+
+
+class ResidualUViT(UViT):
+    """SiD2's residual U-ViT: no block-wise skips, one residual around each down/up step."""
+
+    residual_skips: ClassVar[bool] = True

@@ -1,0 +1,36 @@
+"""Architecture name -> network class: the one table to extend when adding an architecture.
+
+Everything the rest of the code needs to know about an architecture is a class attribute of its
+network class (documented on `unet.UNet`): whether the lowest level is a transformer stack,
+whether the conv levels carry self-attention, the kind of skips, and the loss it trains with
+when `diffusion.loss = 'auto'`. Adding an architecture takes its module, one entry here and a
+config; `config.model.arch` then names it.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sd_jax.errors import UserError
+from sd_jax.models.unet import UNet
+from sd_jax.models.uvit import ResidualUViT, UViT
+
+ARCHITECTURES: dict[str, type[UNet]] = {
+    "uvit": UViT,  # simple diffusion's U-ViT: v-MSE.
+    "residual_uvit": ResidualUViT,  # SiD2's residual U-ViT: v-MSE.
+    "unet": UNet,  # simple diffusion's U-Net baseline: eps-MSE from its v output.
+}
+
+
+def architecture(name: str) -> type[UNet]:
+    """The network class registered as `name`; UserError listing the choices otherwise."""
+    if name not in ARCHITECTURES:
+        raise UserError(f"model.arch={name!r}; use one of {tuple(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def loss_name(diffusion_cfg: ml_collections.ConfigDict, arch: str) -> str:
+    """`diffusion.loss`, with 'auto' replaced by the architecture's `default_loss`."""
+    if diffusion_cfg.loss == "auto":
+        return architecture(arch).default_loss
+    return diffusion_cfg.loss
