@@ -30,8 +30,14 @@ def get_config(size: str = "64") -> ml_collections.ConfigDict:
     m.channel_multipliers = MULTIPLIERS[size]  # First level 48 = the 48 DWT-2 channels of RGB.
     m.num_res_blocks = 0  # Down path: none; up path: one per level. Keeps the cost near 2x the
     # 16 px quickstart's (paper: "few blocks at full resolution").
+    m.prediction = "x0"  # Upsampled digits leave 47 of the 48 DWT-2 channels without signal:
+    # an x0 output is right there at zero, a v output must copy their noise with gain
+    # alpha / sigma and leaves it in the samples (docs/resolution.md; paper: v).
+    m.colour_transform = "opponent"  # Grey data: the 32 colour channels are exactly zero.
 
     d = c.diffusion
     d.noise_d = 32  # The quickstart's schedule (noise_d 32 at 16 px) shifted by 2 log(16/size).
     d.multiscale = False  # Off as in the quickstart (experiments/miniature.py ablates it).
+    d.logsnr_max = 7.5  # The v-loss weighs an x0 output's error by 1 / sigma^2 = 1 + SNR: clip
+    # the clean end (before the shift) so no step dominates (paper: 15, with v outputs).
     return c

@@ -1,6 +1,6 @@
 """The paper's ablations in miniature: digits at 64 (or 128) px on a CPU, scored by FD-digits.
 
-    python experiments/miniature.py --out=/tmp/miniature                 # the full reproduction
+    nice -n 10 python experiments/miniature.py --out=/tmp/miniature      # the full reproduction
     python experiments/miniature.py --out=/tmp/mini128 --size=128 --ablations=schedule
     python experiments/miniature.py --out=/tmp/mini_tiny --tiny          # seconds (the test)
 
@@ -20,7 +20,13 @@ cycled, the config's sampler with `--sample_steps`) and scores them with the dig
 (`sd_jax.eval.digits_eval`): FD-digits, class accuracy, HF-energy ratio, colour noise. Arms shared
 by several ablations (the recipe) run once per seed. Outputs in --out: `table.md`,
 `results.json`, `fd_vs_step.png`, `grids/<arm>.png` (final samples of the first seed) and one
-workdir per run. Re-running reuses finished runs (their `scores.json`).
+workdir per run, all rewritten after every run. Re-running reuses finished runs (their
+`scores.json`). Seeds: every `--seeds` for the ablations in `--multi_seed` (default: schedule,
+whose arms the paper separates by the least), the first seed for the others.
+
+Budget (default, 64 px): 12 runs of 500 steps x batch 32 plus 3 x 100 samples x 32 sampler
+steps each, sized from the measured 64 px training rate to about 60 minutes on 2 idle cores;
+README.md, "Miniature ablations", gives the measured wall time and the load it ran under.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from sd_jax.errors import UserError  # noqa: E402
 
 RECIPE = "recipe"
 # The full reproduction: 60 minutes on 2 idle cores (docs/resolution.md, "Miniature budget").
-DEFAULTS = {64: {"steps": 1200, "seeds": "0,1"}, 128: {"steps": 600, "seeds": "0"}}
+DEFAULTS = {64: {"steps": 500, "seeds": "0,1"}, 128: {"steps": 250, "seeds": "0"}}
 
 
 def arms(size: int) -> dict[str, list[tuple[str, dict]]]:
@@ -57,8 +63,8 @@ def arms(size: int) -> dict[str, list[tuple[str, dict]]]:
                            "model.channel_multipliers": none_levels[0],
                            "model.base_channels": none_levels[1]})]
     return {
-        "schedule": [("16px schedule unshifted", {"diffusion.noise_d": 2 * size}),
-                     (RECIPE, {}),
+        "schedule": [(RECIPE, {}),  # First: an interrupted run still has the recipe.
+                     ("16px schedule unshifted", {"diffusion.noise_d": 2 * size}),
                      ("cosine", {"diffusion.schedule": "cosine"})],
         "multiscale": [(RECIPE, {}),
                        ("multiscale on", {"diffusion.multiscale": True,
@@ -77,6 +83,7 @@ def base_flags(args: argparse.Namespace) -> tuple[str, list[str]]:
     flags = {"train.num_steps": steps, "train.checkpoint_every": every,
              "train.keep_checkpoints": args.eval_points + 1, "train.sample_every": 0,
              "train.tensorboard": False, "train.log_every": max(1, min(50, steps // 4)),
+             "train.batch_size": args.batch_size,
              "sample.num_steps": args.sample_steps}
     if args.tiny:  # Tiny widths (tests/utils.py tiny_config's): compiles and steps in seconds.
         flags.update({"model.image_size": 16, "model.input_transform": "dwt2",
@@ -161,15 +168,18 @@ def mean_sd(values: list[float]) -> str:
 
 
 def table(ablations: dict, results: dict) -> str:
-    """Markdown: one row per (ablation, arm), final-checkpoint scores as mean ± sd over seeds."""
+    """Markdown: one row per (ablation, arm), final-checkpoint scores as mean ± sd over the
+    ablation's seeds that have finished."""
     lines = ["| ablation | arm | seeds | params | MFLOP/img | FD-digits | class acc | HF ratio | "
              "colour noise | train img/s |", "|" + "---|" * 10]
     for ablation, arm_list in ablations.items():
         for arm, _ in arm_list:
-            runs = results[arm]
+            runs = results.get((ablation, arm), [])
             done = [r for r in runs if "scores" in r]
+            skipped = [r["skipped"] for r in runs if "skipped" in r]
             if not done:
-                lines.append(f"| {ablation} | {arm} | skipped: {runs[0]['skipped']} |" + " |" * 7)
+                note = f"skipped: {skipped[0]}" if skipped else "not run yet"
+                lines.append(f"| {ablation} | {arm} | {note} |" + " |" * 7)
                 continue
             final = [r["scores"][-1] for r in done]
             lines.append("| " + " | ".join([
@@ -184,12 +194,13 @@ def table(ablations: dict, results: dict) -> str:
 
 
 def figure(ablations: dict, results: dict, path: Path) -> None:
-    """FD-digits against training step, one panel per ablation, seeds averaged."""
+    """FD-digits against training step: one panel per ablation, one line per arm (mean over
+    its finished seeds)."""
     panels = []
     for ablation, arm_list in ablations.items():
         series = []
         for arm, _ in arm_list:
-            done = [r["scores"] for r in results[arm] if "scores" in r]
+            done = [r["scores"] for r in results.get((ablation, arm), []) if "scores" in r]
             if done:
                 steps = [s["step"] for s in done[0]]
                 fd = [statistics.mean(run[i]["fd_digits"] for run in done)
@@ -199,6 +210,31 @@ def figure(ablations: dict, results: dict, path: Path) -> None:
     pil_plot.line_panels(panels, path, "training step", "FD-digits")
 
 
+def write_outputs(args: argparse.Namespace, ablations: dict, results: dict, size: int,
+                  start: float, finished: bool) -> str:
+    """table.md, results.json, fd_vs_step.png and grids/ from the runs so far (rewritten after
+    every run, so an interrupted reproduction still leaves its partial table)."""
+    for (_, arm), runs in results.items():
+        grid = args.out / "runs" / run_name(arm, args.seeds[0]) / "final_samples.png"
+        if any("scores" in r for r in runs) and grid.is_file():
+            (args.out / "grids").mkdir(parents=True, exist_ok=True)
+            (args.out / "grids" / f"{run_name(arm, args.seeds[0])}.png").write_bytes(
+                grid.read_bytes())
+    figure(ablations, results, args.out / "fd_vs_step.png")
+    wall = time.time() - start
+    state = "wall time" if finished else "partial, so far"
+    text = (f"{table(ablations, results)}\n\nsize {size} px, {args.steps} steps x batch "
+            f"{args.batch_size} per run, seeds {args.seeds} ({args.multi_seed or 'no'} "
+            f"ablations; the others seed {args.seeds[0]}), {args.num_samples} samples x "
+            f"{args.sample_steps} sampler steps; {state} {wall / 60:.1f} min\n")
+    (args.out / "table.md").write_text(text)
+    serial = {f"{ablation} / {arm}": runs for (ablation, arm), runs in results.items()}
+    (args.out / "results.json").write_text(json.dumps(
+        {"args": {k: str(v) for k, v in vars(args).items()}, "wall_s": wall,
+         "finished": finished, "results": serial}, indent=1) + "\n")
+    return text
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path)
@@ -206,9 +242,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ablations", default="schedule,multiscale,transform,dropout")
     parser.add_argument("--steps", type=int, help="training steps per run (default: budget)")
     parser.add_argument("--seeds", help="comma-separated seeds (default: budget)")
+    parser.add_argument("--multi_seed", default="schedule",
+                        help="ablations run with every seed (the others: the first seed)")
+    parser.add_argument("--batch_size", type=int, default=32, help="training batch per run")
     parser.add_argument("--eval_points", type=int, default=3, help="checkpoints scored per run")
     parser.add_argument("--num_samples", type=int, default=100)
-    parser.add_argument("--sample_steps", type=int, default=64)
+    parser.add_argument("--sample_steps", type=int, default=32)
     parser.add_argument("--tiny", action="store_true", help="test mode: tiny model, 16 px")
     args = parser.parse_args(argv)
     defaults = {"steps": 2, "seeds": "0"} if args.tiny else DEFAULTS[args.size]
@@ -217,42 +256,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def seeds_for(args: argparse.Namespace, ablation: str) -> list[int]:
+    """All seeds for the ablations named in --multi_seed (arms close enough to need them),
+    the first seed for the others."""
+    return args.seeds if ablation in args.multi_seed.split(",") else args.seeds[:1]
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     start = time.time()
     size = 16 if args.tiny else args.size
     ablations = {k: v for k, v in arms(size).items() if k in args.ablations.split(",")}
     config_file, flags = base_flags(args)
-    results: dict[str, list[dict]] = {}
-    for arm_list in ablations.values():
+    results: dict[tuple[str, str], list[dict]] = {}
+    for ablation, arm_list in ablations.items():
         for arm, overrides in arm_list:
-            if arm in results:
-                continue  # The recipe arm is shared by every ablation.
-            results[arm] = []
-            for seed in args.seeds:
-                workdir = args.out / "runs" / run_name(arm, seed)
-                print(f"== {arm} seed {seed} -> {workdir}", flush=True)
-                results[arm].append(run_one(config_file, flags, overrides, seed, workdir,
-                                            args.num_samples))
-                if "skipped" in results[arm][-1]:
-                    print(f"   skipped: {results[arm][-1]['skipped']}", flush=True)
+            runs = results.setdefault((ablation, arm), [])
+            for seed in seeds_for(args, ablation):
+                workdir = args.out / "runs" / run_name(arm, seed)  # Shared arms run once.
+                print(f"== {ablation}: {arm} seed {seed} -> {workdir}", flush=True)
+                runs.append(run_one(config_file, flags, overrides, seed, workdir,
+                                    args.num_samples))
+                if "skipped" in runs[-1]:
+                    print(f"   skipped: {runs[-1]['skipped']}", flush=True)
                     break
-    for arm, runs in results.items():
-        grid = args.out / "runs" / run_name(arm, args.seeds[0]) / "final_samples.png"
-        if "scores" in runs[0] and grid.is_file():
-            (args.out / "grids").mkdir(parents=True, exist_ok=True)
-            (args.out / "grids" / f"{run_name(arm, args.seeds[0])}.png").write_bytes(
-                grid.read_bytes())
-    figure(ablations, results, args.out / "fd_vs_step.png")
-    wall = time.time() - start
-    text = (f"{table(ablations, results)}\n\nsize {size} px, {args.steps} steps per run, seeds "
-            f"{args.seeds}, {args.num_samples} samples x {args.sample_steps} sampler steps; "
-            f"wall time {wall / 60:.1f} min\n")
-    (args.out / "table.md").write_text(text)
-    (args.out / "results.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "wall_s": wall,
-         "results": results}, indent=1) + "\n")
-    print(text, flush=True)
+                write_outputs(args, ablations, results, size, start, finished=False)
+    print(write_outputs(args, ablations, results, size, start, finished=True), flush=True)
     return results
 
 

@@ -212,7 +212,8 @@ def diffusion_loss(
     """Training loss for one batch: scalar float32 mean loss and an aux dict.
 
     Samples `t` (per `diffusion_cfg.time_sampling`) and `eps`, noises `x0_bhwc`, calls
-    `denoise_fn(z_bhwc, logsnr_b, labels_b)` (returning `prediction`: 'v' | 'eps'), converts the
+    `denoise_fn(z_bhwc, logsnr_b, labels_b)` (returning `prediction`: 'v' | 'eps' | 'x0'; an x0
+    output's v-MSE is `|x0 - x0_hat|^2 / sigma^2`, docs/resolution.md), converts the
     output to the space of the loss and applies the (multiscale) MSE and the weighting. `loss`
     ('v_mse' | 'eps_mse') overrides `diffusion_cfg.loss`; the train step passes
     `sd_jax.models.loss_name(...)`, which resolves 'auto' from the architecture.
@@ -226,8 +227,9 @@ def diffusion_loss(
         raise UserError(
             f"Unknown diffusion.loss={loss!r}{detail}; choose one of {', '.join(LOSSES)}."
         )
-    if prediction not in ("v", "eps"):
-        raise UserError(f"Unknown model.prediction={prediction!r}; choose 'v' or 'eps'.")
+    if prediction not in PREDICTIONS:
+        raise UserError(f"Unknown model.prediction={prediction!r}; choose one of "
+                        f"{', '.join(PREDICTIONS)}.")
     space = LOSSES[loss]
     x0_bhwc = jnp.asarray(x0_bhwc, jnp.float32)
     batch_size = x0_bhwc.shape[0]
