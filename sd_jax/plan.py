@@ -9,9 +9,10 @@ then lists the layouts (`mesh.fsdp`, `train.microbatch_size`, `model.remat`) tha
 Nothing is allocated and nothing is compiled. Activations are the residuals of the backward pass:
 the leaves of the `jax.vjp` closure of the training loss, traced by `jax.make_jaxpr` at two batch
 sizes (the difference is the per-example part), so the remat policy is honoured. XLA fuses some
-of them away: on CPU the compiled step kept 72 to 90% of these bytes (README: Plan), so the
-estimate errs on the safe side. With remat, the backward pass also recomputes one block at a time;
-the largest such block (its residuals without remat, plus its weights) is added.
+of them away: on CPU the compiled step took 88 to 90% of the planned bytes without remat
+(README: Plan), so the estimate errs on the safe side. With remat, the backward pass also
+recomputes one block at a time; the largest such block (its residuals without remat, plus its
+weights) is added.
 """
 
 from __future__ import annotations
@@ -214,10 +215,14 @@ class Planner:
                 for mb in divisors(self.per_device_batch) for r in REMAT]
 
 
-def rank_key(planner: Planner, layout: Layout) -> tuple[int, int, int]:
+def rank_key(planner: Planner, layout: Layout) -> tuple[int, int, bool, int]:
     """Best first: fewest accumulation steps (every micro-step gathers the FSDP weights again and
-    runs smaller kernels), then the least remat (fewest FLOPs), then the smallest fsdp."""
-    return (planner.per_device_batch // layout.microbatch, REMAT.index(layout.remat), layout.fsdp)
+    runs smaller kernels), then the least remat (fewest FLOPs), then plain data parallelism
+    (fsdp=1: one all-reduce of the gradients, about 2x the params' bytes per device, against
+    about 3x for FSDP's gathers and reduce-scatter), then the most memory to spare (FSDP moves
+    about the same bytes per device for any fsdp >= 2)."""
+    return (planner.per_device_batch // layout.microbatch, REMAT.index(layout.remat),
+            layout.fsdp > 1, planner.bytes(layout)["total"])
 
 
 def overrides(planner: Planner, layout: Layout) -> str:
@@ -250,10 +255,6 @@ def device_memory_bytes(config: ml_collections.ConfigDict) -> int:
     return int(stats["bytes_limit"])
 
 
-def _gib(n: int) -> str:
-    return f"{n / GIB:.2f}"
-
-
 def plan(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The plan as a dict (what `run` prints as its last line)."""
     devices = int(config.plan.devices) or jax.device_count()
@@ -279,24 +280,30 @@ def plan(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def format_plan(result: dict[str, Any]) -> str:
-    """Human-readable lines: the current layout's bytes, then the fitting layouts."""
-    cur = result["current"]
+    """Human-readable lines: the config's layout by component, then the fitting layouts."""
+    memory, cur = result["device_memory_bytes"], result["current"]
+    unit, scale = ("GiB", GIB) if memory >= GIB else ("MiB", 2**20)
+
+    def size(n: int) -> str:
+        return f"{n / scale:.2f}"
+
     lines = [f"plan: global batch {result['global_batch']} on {result['devices']} devices "
-             f"({result['per_device_batch']} per device), {_gib(result['device_memory_bytes'])} "
-             "GiB per device",
-             f"config's layout: fsdp={cur['fsdp']} micro-batch {cur['microbatch']}/device "
-             f"remat={cur['remat']}: {_gib(cur['bytes']['total'])} GiB per device -> "
+             f"({result['per_device_batch']} per device), {size(memory)} {unit} per device",
+             f"config's layout: fsdp={cur['fsdp']}, micro-batch {cur['microbatch']} per device, "
+             f"remat={cur['remat']}: {size(cur['bytes']['total'])} {unit} per device -> "
              + ("fits" if cur["fits"] else "does NOT fit")]
-    lines += [f"  {name:<12} {_gib(cur['bytes'][name]):>9} GiB" for name in COMPONENTS]
-    header = ("| fsdp | data | micro-batch/device | accumulation | remat | GiB/device | "
-              + " | ".join(COMPONENTS) + " |")
+    lines += [f"  {name:<12} {size(cur['bytes'][name]):>9} {unit}" for name in COMPONENTS]
     lines += ["", f"{result['num_fitting']} layouts fit; best first (fewest accumulation steps, "
-              "then least remat, then smallest fsdp):", header,
-              "|" + "---|" * (6 + len(COMPONENTS))]
+              "then least remat, then fsdp=1, then most memory to spare); " + unit + ":",
+              "| fsdp | data | micro-batch per device | accumulation | remat | total | "
+              "of memory | " + " | ".join(COMPONENTS) + " |",
+              "|" + "---|" * (7 + len(COMPONENTS))]
     for r in result["fitting"]:
+        b = r["bytes"]
         lines.append(f"| {r['fsdp']} | {r['data']} | {r['microbatch']} | "
-                     f"{r['accumulation_steps']} | {r['remat']} | {_gib(r['bytes']['total'])} | "
-                     + " | ".join(_gib(r["bytes"][k]) for k in COMPONENTS) + " |")
+                     f"{r['accumulation_steps']} | {r['remat']} | {size(b['total'])} | "
+                     f"{b['total'] / memory:.0%} | "
+                     + " | ".join(size(b[k]) for k in COMPONENTS) + " |")
     if result["fitting"]:
         lines.append(f"suggested: {result['fitting'][0]['overrides']}")
     else:

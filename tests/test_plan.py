@@ -65,8 +65,8 @@ def test_fitting_layouts_fit_and_are_ranked(roomy):
     assert all(r["bytes"]["total"] <= memory for r in tight["fitting"])
     current = tight["current"]  # fsdp 1, no accumulation, no remat: above the median.
     assert current["bytes"]["total"] > memory and not current["fits"]
-    ranks = [(r["accumulation_steps"], REMAT.index(r["remat"]), r["fsdp"])
-             for r in tight["fitting"]]
+    ranks = [(r["accumulation_steps"], REMAT.index(r["remat"]), r["fsdp"] > 1,
+              r["bytes"]["total"]) for r in tight["fitting"]]
     assert ranks == sorted(ranks)
     unfit = [r for r in roomy["fitting"] if r["bytes"]["total"] > memory]
     assert len(unfit) == roomy["num_fitting"] - tight["num_fitting"]
