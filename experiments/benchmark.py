@@ -118,6 +118,8 @@ def synthetic_batch(config: Any, batch_size: int, mesh: Any) -> dict[str, jax.Ar
 def benchmark(config: Any, per_device_batch: int, steps: int, warmup: int = 2,
               peak_flops: float | None = None, sample_steps: int | None = None) -> dict[str, Any]:
     """Compiles and times the real train step and the denoiser; returns the figures."""
+    from clu.parameter_overview import count_parameters
+
     from sd_jax import sharding, train_state, train_step
     from sd_jax.models import build_model
 
@@ -128,7 +130,7 @@ def benchmark(config: Any, per_device_batch: int, steps: int, warmup: int = 2,
     model = build_model(config.model)
     tx = train_state.make_optimizer(config.optimizer)
     state, shardings = train_state.create_train_state(model, tx, config, mesh)
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    num_params = int(count_parameters(state.params))
     step_fn = train_step.make_train_step(model, tx, config, mesh, shardings)
     batch = synthetic_batch(config, batch_size, mesh)
     rng = jax.random.PRNGKey(config.seed)
