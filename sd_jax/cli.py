@@ -2,8 +2,8 @@
 
 `sd-jax --config=configs/imagenet512.py --workdir=DIR [--mode=train]` parses flags, initialises
 the distributed runtime and hands over to `sd_jax.main`. Any config field can be overridden:
-`--config.model.dropout=0.1`. Logs are warnings only unless `--verbosity=0` (INFO) or 1 (DEBUG). Flags are defined when this module is imported, so only the two
-entry points import it.
+`--config.model.dropout=0.1`. Logs are warnings only unless `--verbosity=0` (INFO) or 1
+(DEBUG). Flags are defined when this module is imported, so only the two entry points import it.
 """
 
 import importlib.util
