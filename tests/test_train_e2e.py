@@ -6,6 +6,7 @@ All children share one persistent compilation cache, so a program compiled once 
 train step, say) is not compiled again by the resumed or preempted runs.
 """
 
+import io
 import json
 import re
 import signal
@@ -276,7 +277,8 @@ def test_launch_is_quiet_one_line_per_log_step_and_profiles(workdir, cache_dir):
     lines (its checkpoint manager's) appear."""
     path = workdir / "quiet"
     cfg = tiny_config(**{"train.num_steps": 4, "train.log_every": 2, "train.checkpoint_every": 2,
-                         "train.profile_start_step": 1, "train.profile_num_steps": 2})
+                         "train.profile_start_step": 1, "train.profile_num_steps": 2,
+                         "train.sample_every": 4, "train.tensorboard": True})
     proc = run_launch([*config_args(cfg), f"--workdir={path}"], 1,
                       env_extra=fast_env(cache_dir, 1))
     lines = check(proc).splitlines()
@@ -288,6 +290,16 @@ def test_launch_is_quiet_one_line_per_log_step_and_profiles(workdir, cache_dir):
     assert "100.0% (4/4), ETA: 0m" in steps[1]  # clu's ReportProgress note.
     assert not PYTHON_INFO.search(proc.stderr), proc.stderr[-3000:]
     assert list((path / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    # TensorBoard holds the sample grid as an image, the same pixels as the PNG file.
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.util import tensor_util
+
+    (events,) = (path / "tensorboard").glob("events.out.tfevents.*")
+    pngs = [tensor_util.make_ndarray(v.tensor)[2] for e in
+            event_file_loader.EventFileLoader(str(events)).Load()
+            for v in e.summary.value if v.tag == "samples" and e.step == 4]
+    board = np.asarray(Image.open(io.BytesIO(pngs[0])))
+    assert np.array_equal(board, np.asarray(Image.open(path / "samples" / "step_00000004.png")))
 
     more = tiny_config(**{"train.num_steps": 5, "train.log_every": 2, "train.checkpoint_every": 2})
     proc = run_launch([*config_args(more), f"--workdir={path}", "--verbosity=1"], 1,
