@@ -24,7 +24,8 @@ def measure(config: str, per_device_batch: int, steps: int, extra: list[str]) ->
     """One benchmark.py run; returns its JSON line."""
     proc = subprocess.run(
         [sys.executable, str(REPO / "experiments" / "benchmark.py"), f"--config={config}",
-         f"--per_device_batch={per_device_batch}", f"--steps={steps}", *extra],
+         f"--per_device_batch={per_device_batch}", f"--steps={steps}",
+         "--sample_timed_steps=0", "--plan=false", *extra],  # Training only.
         cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
