@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     t = c.train
     t.num_steps = 500_000  # Paper: 500k steps.
     t.batch_size = 2048  # Global batch over all processes and devices (paper: 2048).
+    t.microbatch_size = 0  # Global micro-batch for gradient accumulation: batch_size / microbatch_size micro-batches per step, one optimizer update; 0 (or batch_size): none. Must divide batch_size and be divisible by the device count.
     t.log_every = 100  # Steps between metric logs.
     t.checkpoint_every = 5_000  # Steps between (async) checkpoints.
     t.keep_checkpoints = 3  # Checkpoints kept in the workdir.

@@ -33,7 +33,7 @@ def make_loader(source: ArraySource | None = None, **kw) -> Loader:
 
 def recover_indices(batch: dict[str, np.ndarray]) -> np.ndarray:
     """Inverse of make_source: the example index of each row (from the green channel)."""
-    green = np.rint((batch["image"][:, 0, 0, 1] + 1) * 127.5).astype(int)
+    green = batch["image"][:, 0, 0, 1].astype(int)
     return np.array([int(np.nonzero(np.arange(37) * 5 % 256 == g)[0][0]) for g in green])
 
 
@@ -84,13 +84,35 @@ def test_float_range_and_flip():
 def test_loader_flips_half_deterministically():
     loader = make_loader(random_flip=True, global_batch_size=64)
     batch = loader.get_batch(3)
-    red_left = batch["image"][:, 0, 0, 0] == 1.0
-    red_right = batch["image"][:, 0, -1, 0] == 1.0
+    assert batch["flip"].dtype == bool and batch["image"].dtype == np.uint8
+    np.testing.assert_array_equal(batch["image"][:, 0, 0, 0], 255)  # Sent unflipped ...
     expected = preprocess.flip_mask(0, 3, 64)
-    np.testing.assert_array_equal(red_right, expected)
-    np.testing.assert_array_equal(red_left, ~expected)
+    np.testing.assert_array_equal(batch["flip"], expected)  # ... with the flip per row.
     assert 10 < expected.sum() < 54
-    assert not np.any(make_loader(global_batch_size=64).get_batch(3)["image"][:, 0, -1, 0] == 1)
+    assert not np.any(make_loader(global_batch_size=64).get_batch(3)["flip"])
+
+
+def test_device_normalise_and_flip_equal_the_host_float_path_bitwise():
+    """The train step's on-device uint8 -> [-1, 1] + flip (under jit, as in the step) gives the
+    bits of the old host path `preprocess.to_float(image, flip)`, for every uint8 value."""
+    import jax
+
+    from sd_jax.train_step import device_images
+
+    rng = np.random.default_rng(0)
+    images = rng.permutation(np.tile(np.arange(256, dtype=np.uint8), 6 * 4 * 4 * 3 // 256 + 1))
+    images = images[: 6 * 4 * 4 * 3].reshape(6, 4, 4, 3)
+    images[0] = np.arange(48).reshape(4, 4, 3) * 5 + 10  # An asymmetric row, flipped or not.
+    flips = np.array([True, False, True, True, False, False])
+    host = np.stack([preprocess.to_float(x, f) for x, f in zip(images, flips, strict=True)])
+    device = np.asarray(jax.jit(device_images)(images, flips))
+    assert device.dtype == np.float32 and not np.array_equal(host[0], host[0, :, ::-1])
+    np.testing.assert_array_equal(device.view(np.uint32), host.view(np.uint32))
+    batch = make_loader(random_flip=True, global_batch_size=36).get_batch(1)  # Loader output.
+    host = np.stack([preprocess.to_float(x, f)
+                     for x, f in zip(batch["image"], batch["flip"], strict=True)])
+    device = np.asarray(jax.jit(device_images)(batch["image"], batch["flip"]))
+    np.testing.assert_array_equal(device.view(np.uint32), host.view(np.uint32))
 
 
 def test_per_image_path_matches_in_memory_path():
@@ -107,7 +129,7 @@ def test_per_image_path_matches_in_memory_path():
     source = make_source(size=12)  # Resized 12 -> 8 by either path.
     fast = make_loader(source, random_flip=True, global_batch_size=40).get_batch(2)
     threaded = make_loader(Wrapped(source), random_flip=True, global_batch_size=40).get_batch(2)
-    for key in ("image", "label"):
+    for key in ("image", "flip", "label"):
         np.testing.assert_array_equal(threaded[key], fast[key])
 
 
@@ -123,7 +145,7 @@ def test_batches_follow_epoch_permutations():
     batch = loader.get_batch(2)
     np.testing.assert_array_equal(recover_indices(batch), loader.global_indices(2))
     np.testing.assert_array_equal(batch["label"], loader.global_indices(2) % 5)
-    assert batch["label"].dtype == np.int32 and batch["image"].dtype == np.float32
+    assert batch["label"].dtype == np.int32 and batch["image"].dtype == np.uint8
 
 
 def test_restart_continues_exactly_and_seeds_differ():
@@ -133,13 +155,15 @@ def test_restart_continues_exactly_and_seeds_differ():
     steps = []
     for step, batch in resumed.iterate(4, 7):
         steps.append(step)
-        np.testing.assert_array_equal(batch["image"], reference[step]["image"])
-        np.testing.assert_array_equal(batch["label"], reference[step]["label"])
+        for key in ("image", "flip", "label"):
+            np.testing.assert_array_equal(batch[key], reference[step][key])
     assert steps == [4, 5, 6]
     other = make_loader(seed=1, random_flip=True)
     assert not np.array_equal(other.get_batch(0)["image"], reference[0]["image"])
+    assert not np.array_equal(other.get_batch(0)["flip"], reference[0]["flip"])
     sync = make_loader(num_workers=0, random_flip=True)  # Threads do not change anything.
-    np.testing.assert_array_equal(sync.get_batch(5)["image"], reference[5]["image"])
+    for key in ("image", "flip"):
+        np.testing.assert_array_equal(sync.get_batch(5)[key], reference[5][key])
 
 
 @pytest.mark.parametrize("process_count", [2, 3, 4])
@@ -148,7 +172,7 @@ def test_process_shards_partition_the_global_batch(process_count):
     shards = [make_loader(random_flip=True, process_index=p, process_count=process_count)
               .get_batch(5) for p in range(process_count)]
     assert all(len(s["label"]) == 12 // process_count for s in shards)
-    for key in ("image", "label"):
+    for key in ("image", "flip", "label"):
         np.testing.assert_array_equal(np.concatenate([s[key] for s in shards]), single[key])
 
 
@@ -183,8 +207,8 @@ def test_digits_source_and_loader():
     config = base.get_config()
     config.data.source, config.model.image_size, config.train.batch_size = "digits", 16, 32
     batch = build_loader(config, process_index=0, process_count=1).get_batch(0)
-    assert batch["image"].shape == (32, 16, 16, 3)
-    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert batch["image"].shape == (32, 16, 16, 3) and batch["image"].dtype == np.uint8
+    assert batch["image"].max() > 200 and batch["flip"].shape == (32,)
     assert set(batch["label"]) <= set(range(10))
 
 
@@ -203,7 +227,7 @@ def test_folder_with_class_subfolders(tmp_path, caplog):
     assert image.shape == (60, 30, 3) and label == 1
     loader = Loader(source, image_size=16, global_batch_size=7, seed=0, random_flip=False)
     batch = loader.get_batch(0)
-    for img, lab in zip(batch["image"], batch["label"], strict=True):
+    for img, lab in zip(preprocess.to_float(batch["image"]), batch["label"], strict=True):
         red, blue = img[8, 8, 0], img[8, 8, 2]
         assert (red > 0.8 and blue < -0.8) if lab == 0 else (blue > 0.8 or img[8, 8, 1] > 0.8)
 
@@ -242,7 +266,7 @@ def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
     assert loader.num_bad_records >= 2
     assert caplog.text.count("skipping unreadable record") == loader.num_bad_records
     np.testing.assert_allclose(batch["image"][:, 4, 4], np.broadcast_to(
-        np.array([200, 30, 30]) / 127.5 - 1, (16, 3)), atol=0.05)  # Only good images remain.
+        [200, 30, 30], (16, 3)), atol=6)  # Only good images remain (JPEG: within a few levels).
     again = Loader(source, image_size=8, global_batch_size=16, seed=0, random_flip=False)
     np.testing.assert_array_equal(again.get_batch(0)["image"], batch["image"])  # Deterministic.
 

@@ -154,10 +154,11 @@ def test_train_step_trains_each_architecture_on_its_default_loss(monkeypatch):
         seen.append(kwargs["loss"])
         return real(*args, **kwargs)
 
-    real = train_step.losses.diffusion_loss
-    monkeypatch.setattr(train_step.losses, "diffusion_loss", spy)
+    real = train_step.losses.diffusion_loss_given_noise
+    monkeypatch.setattr(train_step.losses, "diffusion_loss_given_noise", spy)
     model = types.SimpleNamespace(apply=lambda v, z, *args, **kwargs: v["params"]["s"] * z)
-    batch = {"image": jnp.zeros((2, 8, 8, 3)), "label": jnp.zeros(2, jnp.int32)}
+    batch = {"image": jnp.zeros((2, 8, 8, 3), jnp.uint8), "flip": jnp.zeros(2, bool),
+             "label": jnp.zeros(2, jnp.int32)}
     for arch in ("unet", "uvit"):
         cfg = tiny_config(**{"model.arch": arch})
         assert cfg.diffusion.loss == "auto"

@@ -35,7 +35,9 @@ def check_divisible(global_batch_size: int, process_count: int) -> None:
 
 
 class Loader:
-    """One process's batches: {"image": f32 [b, S, S, 3] in [-1, 1], "label": i32 [b]}.
+    """One process's batches: {"image": uint8 [b, S, S, 3] (not flipped), "flip": bool [b],
+    "label": int32 [b]}; the train step normalises to [-1, 1] and flips on the device
+    (`sd_jax.train_step.device_images`, bitwise `preprocess.to_float(image, flip)`).
 
     Decoding and resizing run on `num_workers` threads (PIL releases the GIL); `num_workers=0`
     loads in the calling thread. Corrupt records are replaced by a deterministic substitute
@@ -115,9 +117,9 @@ class Loader:
         raise UserError(f"record {first} and {MAX_ATTEMPTS - 1} substitutes could not be read; "
                         "check that the dataset files are intact and readable")
 
-    def _fill(self, out: dict[str, np.ndarray], row: int, index: int, flip: bool) -> None:
+    def _fill(self, out: dict[str, np.ndarray], row: int, index: int) -> None:
         image, label = self._load(index)
-        out["image"][row] = preprocess.to_float(image, flip)
+        out["image"][row] = image
         out["label"][row] = label if self.num_classes else 0
 
     def _start(self, step: int) -> tuple[dict[str, np.ndarray], list[Future]]:
@@ -125,19 +127,18 @@ class Loader:
         flips = preprocess.flip_mask(self.seed, step, self.global_batch_size)[self.local_rows()]
         flips &= self.random_flip
         if self._array is not None:
-            images = preprocess.to_float(self._array.images[indices])
-            images[flips] = images[flips, :, ::-1]
             labels = self._array.labels[indices] if self.num_classes else 0 * indices
-            return {"image": images, "label": labels.astype(np.int32)}, []
+            return {"image": self._array.images[indices], "flip": flips,
+                    "label": labels.astype(np.int32)}, []
         s = self.image_size
-        out = {"image": np.empty((len(indices), s, s, 3), np.float32),
+        out = {"image": np.empty((len(indices), s, s, 3), np.uint8), "flip": flips,
                "label": np.empty(len(indices), np.int32)}
         futures = []
-        for row, (index, flip) in enumerate(zip(indices, flips, strict=True)):
+        for row, index in enumerate(indices):
             if self._pool is None:
-                self._fill(out, row, int(index), bool(flip))
+                self._fill(out, row, int(index))
             else:
-                futures.append(self._pool.submit(self._fill, out, row, int(index), bool(flip)))
+                futures.append(self._pool.submit(self._fill, out, row, int(index)))
         return out, futures
 
     @staticmethod
