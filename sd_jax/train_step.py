@@ -92,6 +92,16 @@ def dropout_key(step_key: jax.Array) -> jax.Array:
     return jax.random.fold_in(step_key, 3)
 
 
+def microbatch_metrics(aux: dict[str, jax.Array], batch_size: int) -> Metrics:
+    """One micro-batch's contributions to the step's metrics, from the loss's `aux` (per-example
+    arrays of this micro-batch). The step SUMS every leaf over the micro-batches, so each entry
+    must be additive: a sum over this micro-batch's rows (divided by the global `batch_size` for
+    a global mean, as `loss`), or a count; any pytree sums. The logger writes each entry as one
+    float, so add a new metric as scalar entries (e.g. one key per logSNR bucket), computed from
+    `aux` (extend `losses.diffusion_loss_given_noise`'s aux if it lacks a per-example input)."""
+    return {"loss": jnp.sum(aux["loss_b"]) / batch_size}
+
+
 def loss_and_grads(
     params: Any,
     batch: Batch,
@@ -100,9 +110,10 @@ def loss_and_grads(
     model: nn.Module,
     config: ml_collections.ConfigDict,
     param_shardings: Any = None,
-) -> tuple[jax.Array, Any]:
-    """Mean weighted loss of the global `batch` and its float32 gradient w.r.t. `params`,
-    accumulated over `train.microbatch_size` micro-batches (module docstring).
+) -> tuple[Metrics, Any]:
+    """(metrics, float32 gradient) of the global `batch`'s mean weighted loss w.r.t. `params`,
+    accumulated over `train.microbatch_size` micro-batches (module docstring). `metrics` are
+    `microbatch_metrics` summed over the micro-batches; `metrics["loss"]` is the mean loss.
 
     `step_key` is the step's key: every example's t, noise and label drop derive from it and the
     example's global row, so the result does not depend on the micro-batch size beyond float
@@ -129,7 +140,7 @@ def loss_and_grads(
     # compute dtype. The float32 master weights stay with the caller.
     params_c = cast_params(params, m_cfg.dtype)
 
-    def loss_fn(p: Any, mb: Batch) -> jax.Array:
+    def loss_fn(p: Any, mb: Batch) -> tuple[jax.Array, Metrics]:
         def denoise_fn(z_bhwc: jax.Array, logsnr_b: jax.Array, labels: jax.Array) -> jax.Array:
             return model.apply(
                 {"params": p}, z_bhwc, logsnr_b, labels, train=True,
@@ -141,22 +152,27 @@ def loss_and_grads(
         _, aux = losses.diffusion_loss_given_noise(
             denoise_fn, x0_bhwc, mb["label"], mb["t"], eps_bhwc, config.diffusion,
             m_cfg.image_size, m_cfg.prediction, loss=loss_kind)
-        return jnp.sum(aux["loss_b"]) / batch_size  # This micro-batch's share of the mean.
+        metrics = microbatch_metrics(aux, batch_size)
+        return metrics["loss"], metrics  # This micro-batch's share of the mean.
 
-    def accumulate(carry: tuple[jax.Array, Any], mb: Batch) -> tuple[tuple[jax.Array, Any], None]:
-        loss, grads = jax.value_and_grad(loss_fn)(params_c, mb)
+    def micro_step(mb: Batch) -> tuple[Metrics, Any]:
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params_c, mb)
         # The gradient of the cast is the upcast: accumulate in the params' float32.
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
         if param_shardings is not None:
             grads = jax.lax.with_sharding_constraint(grads, param_shardings)
-        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+        return metrics, grads
 
-    zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
     if count == 1:
-        (loss, grads), _ = accumulate(zeros, jax.tree.map(lambda x: x[0], micro))
-    else:
-        (loss, grads), _ = jax.lax.scan(accumulate, zeros, micro)
-    return loss, grads
+        return micro_step(jax.tree.map(lambda x: x[0], micro))
+
+    def accumulate(carry: tuple[Metrics, Any], mb: Batch) -> tuple[tuple[Metrics, Any], None]:
+        return jax.tree.map(jnp.add, carry, micro_step(mb)), None
+
+    shapes = jax.eval_shape(micro_step, jax.tree.map(lambda x: x[0], micro))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    (metrics, grads), _ = jax.lax.scan(accumulate, zeros, micro)
+    return metrics, grads
 
 
 def train_step(
@@ -173,11 +189,12 @@ def train_step(
 
     `rng` is the run's base key; the step's randomness is `fold_in(rng, state.step)`, so a resumed
     run draws exactly the numbers an uninterrupted one would. Metrics are the global batch's:
-    `loss` (mean weighted loss), `grad_norm` (of the mean gradient, before clipping).
+    those of `microbatch_metrics` summed over micro-batches (`loss`: mean weighted loss),
+    `grad_norm` (of the mean gradient, before clipping) and `learning_rate`.
     """
     step_key = jax.random.fold_in(rng, state.step)
-    loss, grads = loss_and_grads(state.params, batch, step_key, model=model, config=config,
-                                 param_shardings=param_shardings)
+    summed, grads = loss_and_grads(state.params, batch, step_key, model=model, config=config,
+                                   param_shardings=param_shardings)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(
@@ -187,7 +204,7 @@ def train_step(
         opt_state=opt_state,
     )
     metrics = {
-        "loss": loss.astype(jnp.float32),
+        **summed,  # `loss` and whatever else `microbatch_metrics` sums.
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": learning_rate_fn(config.optimizer)(state.step),
     }

@@ -45,9 +45,20 @@ def random_batch(batch_size: int, size: int, seed: int = 0) -> dict[str, np.ndar
 
 
 def loss_and_grads(cfg, params, batch):
+    """(metrics, grads) of the step's loss, jitted."""
     model = models.build_model(cfg.model)
     fn = jax.jit(functools.partial(train_step.loss_and_grads, model=model, config=cfg))
     return fn(params, batch, jax.random.PRNGKey(3))
+
+
+def with_extra_metrics(aux, batch_size):
+    """The step's metrics plus two a user might add: a count and a per-bucket vector of sums."""
+    buckets = jnp.minimum((aux["t_b"] * 3).astype(jnp.int32), 2)
+    return {**real_microbatch_metrics(aux, batch_size), "rows": jnp.float32(len(aux["t_b"])),
+            "t_by_bucket": jnp.zeros(3).at[buckets].add(aux["t_b"])}
+
+
+real_microbatch_metrics = train_step.microbatch_metrics
 
 
 def max_relative_difference(a, b) -> float:
@@ -58,24 +69,32 @@ def max_relative_difference(a, b) -> float:
 
 
 @pytest.mark.parametrize("time_sampling", ["uniform", "stratified"])
-def test_microbatches_give_the_full_batch_loss_and_gradients(time_sampling):
-    """t, noise and label drop are per global row, so only summation order changes."""
+def test_microbatches_give_the_full_batch_loss_and_gradients(time_sampling, monkeypatch):
+    """t, noise and label drop are per global row, so only summation order changes; every
+    metric of `microbatch_metrics` (here with two more) is summed over the micro-batches."""
+    monkeypatch.setattr(train_step, "microbatch_metrics", with_extra_metrics)
     overrides = {"diffusion.time_sampling": time_sampling, "train.label_dropout": 0.5}
     full_cfg = tiny_config(**overrides)
     assert full_cfg.model.dropout == 0 and full_cfg.train.batch_size == 8
     params = random_params(models.build_model(full_cfg.model), full_cfg)
     batch = random_batch(8, full_cfg.model.image_size)
-    loss, grads = loss_and_grads(full_cfg, params, batch)
+    metrics, grads = loss_and_grads(full_cfg, params, batch)
+    loss = metrics["loss"]
+    assert float(metrics["rows"]) == 8 and int(jnp.sum(metrics["t_by_bucket"] > 0)) >= 2
     assert float(loss) > 0.1 and float(jax.tree.reduce(jnp.add, jax.tree.map(
         lambda g: jnp.sum(jnp.abs(g)), grads))) > 0
     for micro in (4, 2, 1):
         cfg = tiny_config(**overrides, **{"train.microbatch_size": micro})
-        micro_loss, micro_grads = loss_and_grads(cfg, params, batch)
+        micro_metrics, micro_grads = loss_and_grads(cfg, params, batch)
+        assert float(micro_metrics["rows"]) == 8, micro
+        np.testing.assert_allclose(micro_metrics["t_by_bucket"], metrics["t_by_bucket"],
+                                   rtol=ACCUMULATION_RTOL)
+        micro_loss = micro_metrics["loss"]
         assert abs(float(micro_loss) - float(loss)) <= ACCUMULATION_RTOL * float(loss), micro
         assert max_relative_difference(micro_grads, grads) <= ACCUMULATION_RTOL, micro
     # Another batch gives another loss: the comparison above can fail.
     other, _ = loss_and_grads(full_cfg, params, random_batch(8, full_cfg.model.image_size, 1))
-    assert abs(float(other) - float(loss)) > 1e-3 * float(loss)
+    assert abs(float(other["loss"]) - float(loss)) > 1e-3 * float(loss)
 
 
 def test_memory_of_an_accumulated_step_is_that_of_its_microbatch():
@@ -141,7 +160,8 @@ for micro in (0, 8):
                        in_shardings=(shardings.params, dict.fromkeys(batch, data), None),
                        out_shardings=(None, shardings.params))
     step_key = jax.random.fold_in(jax.random.PRNGKey(3), 0)  # The train step's at step 0.
-    loss, grads = grads_fn(params, global_batch, step_key)
+    summed, grads = grads_fn(params, global_batch, step_key)
+    loss = summed["loss"]
     step = train_step.make_train_step(model, tx, cfg, mesh, shardings)
     _, metrics = step(state, global_batch, jax.random.PRNGKey(3))
     results[micro] = (float(loss), jax.device_get(grads), jax.device_get(metrics))
