@@ -15,17 +15,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
 from sd_jax import checkpoint_integrity as integrity
-from sd_jax import checkpointing, images, models, sharding
+from sd_jax import checkpointing, images, models, paths, sharding
 from sd_jax.errors import UserError
 from sd_jax.eval import npz_io
 from sd_jax.generate import generate
@@ -76,11 +77,11 @@ def samples_name(config: ml_collections.ConfigDict, step: int) -> str:
 
 
 def write_samples(model: Any, params: Any, config: ml_collections.ConfigDict, mesh: Mesh,
-                  step: int, workdir: str | Path) -> Path:
+                  step: int, workdir: str | os.PathLike) -> epath.Path:
     """Samples `config.sample.num_samples` images into <workdir>/samples/<name>.{npz,png,json}
     (process 0 writes). Returns the .npz path."""
     s, m = config.sample, config.model
-    path = Path(workdir).absolute() / "samples" / f"{samples_name(config, step)}.npz"
+    path = paths.as_path(workdir) / "samples" / f"{samples_name(config, step)}.npz"
     primary = jax.process_index() == 0
     shape = (s.num_samples, m.image_size, m.image_size, m.image_channels)
     labels = sample_labels(config, s.num_samples)  # Fail on bad labels before writing anything.
@@ -108,7 +109,7 @@ def write_samples(model: Any, params: Any, config: ml_collections.ConfigDict, me
     return path
 
 
-def load_for_sampling(config: ml_collections.ConfigDict, workdir: str | Path
+def load_for_sampling(config: ml_collections.ConfigDict, workdir: str | os.PathLike
                       ) -> tuple[Any, Any, Mesh, int]:
     """(model, params, mesh, step) of the newest checkpoint (EMA params per sample.use_ema)."""
     mesh = sharding.make_mesh(config.mesh)
@@ -126,7 +127,7 @@ def with_overrides(config: ml_collections.ConfigDict, **sample: Any) -> ml_colle
     return config
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> Path:
+def run(config: ml_collections.ConfigDict, workdir: str) -> epath.Path:
     """`--mode=sample`: restores, samples, writes; prints the .npz path as the last line."""
     model, params, mesh, step = load_for_sampling(config, workdir)
     path = write_samples(model, params, config, mesh, step, workdir)

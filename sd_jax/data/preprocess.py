@@ -1,7 +1,8 @@
 """Per-image preprocessing (paper / ADM style): centre crop, antialiased resize, flip, [-1, 1].
 
-Everything here is plain NumPy + PIL; PIL releases the GIL while it decodes and resizes, so the
-loader's threads run these in parallel.
+Everything here is plain NumPy + PIL, run by the loader's grain worker processes; the scaling
+to [-1, 1] and the flip are applied on the device by the train step
+(`sd_jax.train_step.device_images`, bitwise `to_float`).
 """
 
 from __future__ import annotations
