@@ -137,7 +137,8 @@ def write_samples(params: Any, config: ml_collections.ConfigDict, mesh: Mesh, st
         for other in folder.others():
             print(f"note: {other} holds samples of other settings; not used", flush=True)
         if start:
-            print(f"resuming at batch {start + 1}/{total} from {folder.path}", flush=True)
+            print(f"resuming from {folder.path}: batches 1-{start} of {total} already sampled",
+                  flush=True)
     eta = _Eta(total)
     for index, images_b in enumerate(batches, start):
         if primary:

@@ -1,8 +1,8 @@
 """`--mode=sample` end to end (sd_jax/sample_mode.py) on a tiny quickstart run: the .npz, its
 determinism across device counts, resuming after a kill, and restoring only the params.
 
-Budget: ~90 s on 2 CPU cores (one 2-step training run, sampling runs on 1 and 8 devices, three
-runs for the kill and resume, sharing one compilation cache).
+Budget: ~100 s on 2 CPU cores (one 2-step training run; sample-mode runs on 1 and 8 devices,
+on two processes, and three for the kill and resume; all share one compilation cache).
 """
 
 import json
@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_train_e2e import fast_env
+from test_train_e2e import _free_port, fast_env
 from utils import REPO, TWO_STEP_RUN, child_env, config_args, run_launch, tiny_config
 
 from configs import quickstart
@@ -24,28 +24,34 @@ from sd_jax import checkpointing, models, sample_mode, sample_shards, sharding, 
 from sd_jax.errors import UserError
 
 TINY = config_args(tiny_config(**TWO_STEP_RUN))
-SAMPLE = [
-    "--mode=sample",
-    *config_args(tiny_config(**TWO_STEP_RUN, **{
-        "sample.num_samples": 12,  # Two batches of 8, the second one padded.
-        "sample.batch_size": 8,  # Divides by 1 and 8 devices.
-        "sample.num_steps": 3,
-        "sample.guidance_scale": 2.0,
-    })),
-]
+SAMPLE_SETTINGS = {
+    "sample.num_samples": 12,  # Two batches of 8, the second one padded.
+    "sample.batch_size": 8,  # Divides by 1, 4 and 8 devices.
+    "sample.num_steps": 3,
+    "sample.guidance_scale": 2.0,
+}
+SAMPLE = ["--mode=sample", *config_args(tiny_config(**TWO_STEP_RUN, **SAMPLE_SETTINGS))]
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
+def cache(tmp_path_factory) -> Path:
+    """One persistent compilation cache for every child of this file (see `fast_env`)."""
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, cache) -> Path:
     """A workdir trained for 2 steps with a tiny quickstart config."""
     wd = tmp_path_factory.mktemp("run")
-    proc = run_launch([*TINY, f"--workdir={wd}"])
+    proc = run_launch([*TINY, f"--workdir={wd}"], env_extra=fast_env(cache, 1))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return wd
 
 
-def _sample(workdir: Path, num_devices: int) -> tuple[Path, dict[str, np.ndarray]]:
-    proc = run_launch([*SAMPLE, f"--workdir={workdir}"], num_devices=num_devices)
+def _sample(workdir: Path, num_devices: int, cache: Path
+            ) -> tuple[Path, dict[str, np.ndarray]]:
+    proc = run_launch([*SAMPLE, f"--workdir={workdir}"], num_devices=num_devices,
+                      env_extra=fast_env(cache, num_devices))
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = Path(proc.stdout.strip().splitlines()[-1])  # The last stdout line is the .npz path.
     assert path.is_file() and path.parent == workdir / "samples" and path.suffix == ".npz"
@@ -53,8 +59,21 @@ def _sample(workdir: Path, num_devices: int) -> tuple[Path, dict[str, np.ndarray
         return path, {k: npz[k] for k in npz.files}
 
 
-def test_sample_mode_adm_npz_deterministic_across_device_counts(workdir):
-    path, first = _sample(workdir, 1)
+@pytest.fixture(scope="module")
+def one_device(workdir, cache) -> tuple[Path, dict[str, np.ndarray]]:
+    """The .npz path and arrays of a sample-mode run on one device."""
+    return _sample(workdir, 1, cache)
+
+
+def _same_up_to_reduction_order(a: np.ndarray, b: np.ndarray) -> None:
+    """uint8 images from two device counts: the float reductions run in another order, which
+    moves a few pixels across a rounding boundary of the uint8 conversion."""
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 2 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+
+
+def test_sample_mode_adm_npz_deterministic_across_device_counts(workdir, one_device, cache):
+    path, first = one_device
     assert sorted(first) == ["arr_0", "arr_1"]
     assert first["arr_0"].dtype == np.uint8 and first["arr_0"].shape == (12, 16, 16, 3)
     np.testing.assert_array_equal(first["arr_1"], np.arange(12) % 10)  # quickstart labels cycled
@@ -62,10 +81,39 @@ def test_sample_mode_adm_npz_deterministic_across_device_counts(workdir):
     assert first["arr_0"].std() > 0
     # A second run on 8 devices: same seed, same images (so also run to run), up to the float
     # reduction order (a rerun on 1 device would cost another ~8 s of the budget).
-    _, eight = _sample(workdir, 8)
-    diff = np.abs(eight["arr_0"].astype(int) - first["arr_0"].astype(int))
-    assert diff.max() <= 2 and (diff > 0).mean() < 0.01  # Float reduction order only.
+    _, eight = _sample(workdir, 8, cache)
+    _same_up_to_reduction_order(eight["arr_0"], first["arr_0"])
     np.testing.assert_array_equal(eight["arr_1"], first["arr_1"])
+
+
+def test_two_processes_sample_and_resume_as_one_job(workdir, one_device, cache, tmp_path):
+    """Two processes with 2 devices each on a copy of the run whose working folder already holds
+    batch 1 (the 1-device run's): process 0 reads the folder and tells the other, both draw only
+    batch 2, gathered across processes. The .npz holds batch 1 bitwise and batch 2 as one
+    device draws it, up to the order of float reductions."""
+    copy = tmp_path / "run"
+    shutil.copytree(workdir / "checkpoints", copy / "checkpoints")
+    config = tiny_config(**TWO_STEP_RUN, **SAMPLE_SETTINGS)
+    path = copy / "samples" / f"{sample_mode.samples_name(config, 2)}.npz"
+    folder = sample_shards.ShardFolder(path, sample_mode.settings(config, 2))
+    folder.open()
+    folder.write(0, one_device[1]["arr_0"][:8])
+    coordinator = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen(
+        [sys.executable, str(REPO / "launch.py"), *SAMPLE, f"--workdir={copy}",
+         f"--coordinator_address={coordinator}", "--num_processes=2", f"--process_id={i}"],
+        cwd=REPO, env=child_env(2) | fast_env(cache, 2), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
+    assert "batches 1-1 of 2 already sampled" in outs[0][0], outs[0][0]
+    assert outs[0][0].strip().splitlines()[-1] == str(path)
+    with np.load(path, allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["arr_0"][:8], one_device[1]["arr_0"][:8])
+        _same_up_to_reduction_order(npz["arr_0"][8:], one_device[1]["arr_0"][8:])
+        np.testing.assert_array_equal(npz["arr_1"], one_device[1]["arr_1"])
+    assert not folder.path.exists()
 
 
 def test_sample_mode_without_checkpoint_fails_clearly(tmp_path):
@@ -92,19 +140,19 @@ def test_sample_labels():
     np.testing.assert_array_equal(sample_mode.sample_labels(config, 3), [0, 0, 0])
 
 
-# 5 batches of 8, the last one short (4 images); 384 steps make a batch take ~0.5 s, long enough
-# to kill the run between two of them.
-RESUME = {"sample.num_samples": 36, "sample.batch_size": 8, "sample.num_steps": 384,
+# 5 batches of 8, the last one short (4 images); 128 steps make a batch take ~0.3 s on 2 idle
+# cores (1 s when busy), against a 20 ms poll: the kill lands with batches still to draw.
+RESUME = {"sample.num_samples": 36, "sample.batch_size": 8, "sample.num_steps": 128,
           "sample.guidance_scale": 2.0, "sample.guidance_logsnr_max": 5.0}
 
 
-def test_sample_mode_resumes_after_kill_bitwise(workdir, tmp_path):
+def test_sample_mode_resumes_after_kill_bitwise(workdir, cache):
     """An uninterrupted run; a run killed (SIGKILL) once two shards exist, plus a partial shard
     as a kill during a write leaves it; the rerun continues at the third batch and writes
     exactly the same .npz (arr_0 and arr_1), then removes its working folder."""
     args = ["--mode=sample", *config_args(tiny_config(**TWO_STEP_RUN, **RESUME)),
             f"--workdir={workdir}"]
-    env = fast_env(tmp_path / "cache", 1)  # Compiled once, by the first of the three runs.
+    env = fast_env(cache, 1)  # Compiled once, by the first of the three runs.
     first = run_launch(args, env_extra=env)
     assert first.returncode == 0, first.stderr[-3000:]
     path = Path(first.stdout.strip().splitlines()[-1])
@@ -131,7 +179,7 @@ def test_sample_mode_resumes_after_kill_bitwise(workdir, tmp_path):
 
     resumed = run_launch(args, env_extra=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming at batch {len(done) + 1}/5" in resumed.stdout, resumed.stdout
+    assert f"batches 1-{len(done)} of 5 already sampled" in resumed.stdout, resumed.stdout
     assert "sampled 8/36" not in resumed.stdout  # The batches on disk are not drawn again.
     with np.load(path, allow_pickle=False) as npz:
         assert sorted(npz.files) == ["arr_0", "arr_1"]
