@@ -120,7 +120,7 @@ def get_config() -> ml_collections.ConfigDict:
     dd.manual_dir = config_dict.placeholder(str)  # tfds manual download dir (ImageNet tars).
     dd.folder = config_dict.placeholder(str)  # Image folder for source == 'folder'.
     dd.random_flip = True  # Random horizontal flip (choice, standard for ImageNet).
-    dd.num_workers = 8  # Decode/resize threads per process.
+    dd.num_workers = 8  # grain worker processes per training process, decoding and resizing (0: in the training process).
 
     # ----------------------------------------------------------- evaluation (issue 6)
     c.eval = ml_collections.ConfigDict()

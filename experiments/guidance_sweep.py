@@ -14,16 +14,18 @@ The table goes to stdout and to <workdir>/guidance_sweep_step<step>.{md,csv}. An
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from pathlib import Path
 
 import jax
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Run as a script from anywhere.
 from sd_jax import main as sd_main  # noqa: E402
-from sd_jax import sample_mode  # noqa: E402
+from sd_jax import paths, sample_mode  # noqa: E402
 from sd_jax.errors import UserError  # noqa: E402
 from sd_jax.eval import evaluate  # noqa: E402
 
@@ -60,12 +62,12 @@ def sweep(config, workdir: str, scales: list[float]) -> list[dict]:
             print(f"guidance {scale:g}: FID {results['fid']:.3f}, "
                   f"IS {results['inception_score']:.2f}", flush=True)
     if jax.process_index() == 0:
-        write_table(rows, Path(workdir) / f"guidance_sweep_step{step}")
+        write_table(rows, paths.as_path(workdir) / f"guidance_sweep_step{step}")
     return rows
 
 
-def write_table(rows: list[dict], stem: Path) -> str:
-    """Writes <stem>.md and <stem>.csv; returns the markdown."""
+def write_table(rows: list[dict], stem: epath.Path) -> str:
+    """Writes <stem>.md and <stem>.csv (local or gs://); returns the markdown."""
     columns = [c for c in COLUMNS if any(c in r for r in rows)]
 
     def cell(value) -> str:
@@ -75,10 +77,11 @@ def write_table(rows: list[dict], stem: Path) -> str:
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     markdown = "\n".join(lines) + "\n"
     stem.with_suffix(".md").write_text(markdown)
-    with open(stem.with_suffix(".csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    stem.with_suffix(".csv").write_text(table.getvalue())
     print(markdown, end="", flush=True)
     return markdown
 

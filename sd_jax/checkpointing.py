@@ -3,27 +3,28 @@
 A checkpoint holds the whole `TrainState` plus a JSON `meta` item with the data position (the
 loader is deterministic by step, so `step` and `seed` pin it), the model config and a checksum of
 every array (`checkpoint_integrity`). Orbax writes each step into a temporary directory and
-renames it only when complete, so an interrupted save never replaces the last good checkpoint;
-leftover temporary directories are removed on the next start.
+renames it only when complete (in a gs:// bucket, which has no rename, it writes
+`commit_success.txt` last and ignores steps without it), so an interrupted save never replaces
+the last good checkpoint; leftover temporary directories are removed on the next start.
 
 Restoring checks the stored tree against the configured model first (a different model is a
 one-line `UserError`, before orbax reads anything), then restores and compares the checksums.
 A checkpoint that cannot be read back as saved (truncated, files missing, a checksum differs) is
 reported in one line and the next older one is used; a training run moves the damaged ones to
 `<workdir>/damaged_checkpoints/` (never deletes them), so it can write those steps again.
+Paths are `etils.epath` paths (`sd_jax.paths`), so all of this works in a gs:// bucket too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import shutil
+import os
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -32,21 +33,22 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
 from sd_jax import checkpoint_integrity as integrity
-from sd_jax import sharding
+from sd_jax import paths, sharding
 from sd_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"  # Next to CHECKPOINT_DIR, where orbax never looks.
 
 
-def checkpoint_dir(workdir: str | Path) -> Path:
-    """Where a run's checkpoints live."""
-    return Path(workdir).absolute() / CHECKPOINT_DIR
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+    """Where a run's checkpoints live (a local path or a gs:// URI)."""
+    return paths.as_path(workdir) / CHECKPOINT_DIR
 
 
 class DamagedCheckpoint(Exception):
@@ -83,7 +85,7 @@ def _quiet_abandoned_reads() -> Iterator[None]:
         sys.unraisablehook = previous
 
 
-def _tree_metadata(item_dir: Path) -> Any:
+def _tree_metadata(item_dir: epath.Path) -> Any:
     """The stored tree of one item (shapes and dtypes per leaf), read without restoring it."""
     handler = ocp.PyTreeCheckpointHandler()
     try:
@@ -102,7 +104,7 @@ def _all_processes_agree(ok: bool) -> bool:
 class Checkpointer:
     """A thin wrapper over `ocp.CheckpointManager` with the items 'state' and 'meta'."""
 
-    def __init__(self, workdir: str | Path, keep: int = 3, read_only: bool = False):
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3, read_only: bool = False):
         options = ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.LatestN(n=max(int(keep), 1)),
             enable_async_checkpointing=not read_only,
@@ -220,16 +222,22 @@ class Checkpointer:
         """Moves damaged steps out of orbax's sight (so they can be written again); keeps them."""
         if jax.process_index() == 0:
             target_dir = self.directory.parent / DAMAGED_DIR
-            target_dir.mkdir(parents=True, exist_ok=True)
             for step in steps:
                 dest, n = target_dir / str(step), 1
                 while dest.exists():  # The same step damaged again: keep both.
                     n += 1
                     dest = target_dir / f"{step}.{n}"
-                shutil.move(str(self.directory / str(step)), str(dest))
+                paths.move_tree(self.directory / str(step), dest)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("sd_jax_damaged_checkpoints_moved")
         self.manager.reload()
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether JAX's preemption sync point is `step`: some process got a preemption notice
+        (in open-source JAX: SIGTERM, e.g. a spot VM's or a scheduler's shutdown) and all agreed
+        to stop at this step. Call it after every step on every process; False without
+        jax.distributed."""
+        return self.manager.reached_preemption(step)
 
     def wait(self) -> None:
         """Blocks until in-flight async saves are committed."""
@@ -278,7 +286,7 @@ def abstract_params(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
 
 
 def restore_inference_params(
-    workdir: str | Path, config: ml_collections.ConfigDict, mesh: Mesh, use_ema: bool = True
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, mesh: Mesh, use_ema: bool = True
 ) -> tuple[Any, int]:
     """Restores only the EMA (or, `use_ema=False`, raw) params of the newest intact checkpoint,
     sharded for `mesh`: the optimizer state is neither built nor read.
@@ -301,12 +309,21 @@ def restore_inference_params(
     return state[key], int(step)
 
 
+def jax_takes_sigterm() -> bool:
+    """True when JAX's preemption service owns SIGTERM: `jax.distributed.initialize()` installed
+    its (C) handler, which tells every process about a SIGTERM on any one of them through the
+    coordination service. A Python handler would replace it, so it is left in place."""
+    return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
+
+
 class StopSignal:
     """SIGTERM / SIGINT set a flag; the trainer checks it between steps, saves and exits.
 
     All processes must stop at the same step, so with several processes the flag is combined
     with an all-reduce every `check_every` steps; a single process checks every step for free.
-    A second signal gets the previous handler (e.g. Ctrl-C twice interrupts at once).
+    A second signal gets the previous handler (e.g. Ctrl-C twice interrupts at once). Under
+    jax.distributed SIGTERM is JAX's (`jax_takes_sigterm`): the trainer stops at the preemption
+    sync point instead (`Checkpointer.reached_preemption`), so only SIGINT is handled here.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -315,8 +332,9 @@ class StopSignal:
         self.received: int | None = None
         self.check_every = max(int(check_every), 1)
         self._previous: dict[int, Any] = {}
+        signals = (signal.SIGINT,) if jax_takes_sigterm() else self.SIGNALS
         if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
+            for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:

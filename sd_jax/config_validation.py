@@ -13,15 +13,17 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import ml_collections
+from etils import epath
 
 from sd_jax import losses, models, sampling, schedules
 from sd_jax.errors import UserError
 from sd_jax.eval import fid, inception
+from sd_jax.paths import as_path, is_uri
 
 MODES = ("train", "sample", "eval", "inspect")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")  # Matmul/conv dtypes the layers support.
@@ -54,7 +56,7 @@ _POSITIVE = (  # Counts, periods and sizes: a 0 would divide by zero or do nothi
 )
 _NON_NEGATIVE = (
     "train.sample_every", "eval.fid_every", "optimizer.warmup_steps", "optimizer.weight_decay",
-    "data.num_workers",  # 0: decode in the calling thread.
+    "data.num_workers",  # 0: decode in the training process.
     "optimizer.grad_clip", "optimizer.eps", "sample.guidance_scale",
 )
 _UNIT_INTERVAL = (  # Probabilities, decays and interpolation weights: in [0, 1].
@@ -151,20 +153,37 @@ def validate(config: ml_collections.ConfigDict, mode: str) -> None:
         sample_mode.sample_labels(config, 1)  # Raises UserError on unparsable labels.
 
 
-def check_workdir(workdir: str | os.PathLike, create: bool = True) -> Path:
+def check_workdir(workdir: str | os.PathLike, create: bool = True) -> epath.Path:
     """Raises UserError unless `workdir` is a directory this process can write, tested by writing
-    a file (which also catches a read-only mount when running as root). Creates it if `create`;
-    otherwise a missing workdir passes (the mode reports what it expected to find there)."""
-    path = Path(workdir).absolute()
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--workdir={workdir} is a file, not a directory; pass a directory path")
-    if not path.exists() and not create:
-        return path
+    a file (which also catches a read-only mount when running as root, or a bucket without write
+    access). Creates it if `create`; otherwise a missing workdir passes (the mode reports what it
+    expected to find there). A gs:// workdir is checked in the bucket; nothing local is made."""
+    path = as_path(workdir)  # UserError for gs:// without gcsfs.
+    remote = is_uri(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
-            pass
-    except OSError as e:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--workdir={workdir} is a file, not a directory; pass a directory "
+                            "path")
+        if not path.exists() and not create:
+            return path
+        if remote:  # A bucket has no directories to create: write and delete one object.
+            probe = path / f".write_test_{uuid.uuid4().hex}"
+            probe.write_text("")
+            probe.unlink()
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+                pass
+    except UserError:
+        raise
+    except Exception as e:  # gcsfs raises HTTP and auth errors too, not only OSError.
+        if not remote and not isinstance(e, OSError):
+            raise
+        if remote:
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise UserError(f"--workdir={workdir} is not writable ({reason}); check that the "
+                            "bucket exists and that this machine's credentials may write to it "
+                            "(gcloud auth application-default login)") from e
         reason = e.strerror or type(e).__name__
         raise UserError(f"--workdir={workdir} is not writable ({reason}); pass a directory you "
                         "can write to") from e

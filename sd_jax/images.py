@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import numpy as np
+from etils import epath
+
+from sd_jax.paths import as_path
 
 
 def to_uint8(x_bhwc: np.ndarray) -> np.ndarray:
@@ -28,12 +31,14 @@ def make_grid(images_bhwc: np.ndarray, ncols: int | None = None, pad: int = 2) -
     return grid
 
 
-def save_png(image_hwc: np.ndarray, path: str | Path) -> Path:
-    """Writes a uint8 [H, W, C] (C = 1 or 3) image as PNG, creating parent folders."""
+def save_png(image_hwc: np.ndarray, path: str | os.PathLike) -> epath.Path:
+    """Writes a uint8 [H, W, C] (C = 1 or 3) image as PNG (local or gs://), creating parent
+    folders."""
     from PIL import Image
 
-    path = Path(path)
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(image_hwc)
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
+    with path.open("wb") as f:  # Given a file object, PIL needs the format named.
+        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(f, format="PNG")
     return path

@@ -3,22 +3,63 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import os
 import sys
+from collections.abc import Mapping
 
 import ml_collections
+from absl import logging
 
 from sd_jax.errors import UserError
+
+# Launchers whose processes `jax.distributed.initialize()` finds on its own (its docstring: "If
+# you are using TPU, Slurm, or Open MPI, all arguments are optional"), told apart by the variables
+# they document: SLURM's output environment (sbatch/srun), Open MPI's mpirun, JAX's TPU package.
+SLURM, OPEN_MPI, TPU = "SLURM", "Open MPI", "Cloud TPU"
+
+
+def _count(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env.get(name, "0"))
+    except ValueError:
+        return 0
+
+
+def detect_cluster(env: Mapping[str, str], tpu_runtime: bool) -> str | None:
+    """The launcher that started several processes of this job, or None for one process.
+
+    SLURM: `SLURM_JOB_ID` with `SLURM_NTASKS` > 1 (a one-task job, e.g. one process on all of a
+    node's GPUs, is left alone: jax would pin it to one GPU, `SLURM_LOCALID`). Open MPI:
+    `OMPI_COMM_WORLD_SIZE` > 1. TPU: `tpu_runtime` (libtpu is installed); jax reads the slice's
+    hosts from the TPU VM metadata, one host included.
+    """
+    if "SLURM_JOB_ID" in env and _count(env, "SLURM_NTASKS") > 1:
+        return SLURM
+    if _count(env, "OMPI_COMM_WORLD_SIZE") > 1:
+        return OPEN_MPI
+    return TPU if tpu_runtime else None
+
+
+def _tpu_runtime() -> bool:
+    """Whether JAX's TPU runtime is installed (`pip install "jax[tpu]"` brings libtpu)."""
+    return importlib.util.find_spec("libtpu") is not None
 
 
 def init_distributed(
     coordinator_address: str | None, num_processes: int | None, process_id: int | None
 ) -> None:
-    """Initialises jax.distributed when asked, or when a cluster environment is detected."""
+    """Initialises jax.distributed from the flags, or when a cluster launcher is detected.
+
+    Public APIs only: `jax.distributed.initialize()` finds the coordinator on TPU, SLURM and
+    Open MPI itself (`detect_cluster` decides whether to call it); elsewhere all three flags
+    are needed.
+    """
     import jax
 
-    explicit = coordinator_address is not None or num_processes is not None
-    if explicit:
-        if coordinator_address is None or num_processes is None or process_id is None:
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(value is not None for value in explicit):
+        if any(value is None for value in explicit):
             raise UserError(
                 "multi-host needs all of --coordinator_address, --num_processes and --process_id"
             )
@@ -29,15 +70,21 @@ def init_distributed(
             process_id=process_id,
         )
         return
-    try:  # TPU pods / SLURM: jax auto-detects the cluster; single host: nothing to do.
-        from jax._src import clusters
-
-        detected = any(env.is_env_present() for env in clusters.ClusterEnv._cluster_types)
-    except Exception:  # pragma: no cover - private API moved; skip auto-detection.
-        detected = False
-    if detected:
-        _cpu_collectives()
+    cluster = detect_cluster(os.environ, _tpu_runtime())
+    if cluster is None:
+        return
+    _cpu_collectives()
+    try:
         jax.distributed.initialize()
+    except ValueError as e:  # jax found no coordinator / process count / id for this launcher.
+        if cluster == TPU:  # A single TPU VM without slice metadata (e.g. Colab): one process.
+            logging.info("no multi-host TPU slice found (%s); running as one process", e)
+            return
+        raise UserError(
+            f"this looks like a multi-process {cluster} job, but jax.distributed.initialize() "
+            f"could not set it up ({e}); start one process per task (e.g. srun / mpirun "
+            "python launch.py ...) or pass --coordinator_address, --num_processes and "
+            "--process_id") from e
 
 
 def _cpu_collectives() -> None:

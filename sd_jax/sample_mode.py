@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import datetime
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,7 +32,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sd_jax import checkpoint_integrity as integrity
-from sd_jax import checkpointing, images, sample_shards, sampling, sharding
+from sd_jax import checkpointing, images, paths, sample_shards, sampling, sharding
 from sd_jax.errors import UserError
 from sd_jax.eval import npz_io
 from sd_jax.generate import Sampler
@@ -116,7 +117,7 @@ def _agree(value: int) -> int:
 
 
 def write_samples(params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int,
-                  workdir: str | epath.Path) -> epath.Path:
+                  workdir: str | os.PathLike) -> epath.Path:
     """Samples `config.sample.num_samples` images into <workdir>/samples/<name>.{npz,png,json}
     (process 0 writes); continues a killed run with the same settings. Returns the .npz path.
 
@@ -125,7 +126,7 @@ def write_samples(params: Any, config: ml_collections.ConfigDict, mesh: Mesh, st
     folder removed. Prints one line per batch with the rate and the time left.
     """
     s, m = config.sample, config.model
-    path = epath.Path(workdir).absolute() / "samples" / f"{samples_name(config, step)}.npz"
+    path = paths.as_path(workdir) / "samples" / f"{samples_name(config, step)}.npz"
     primary = jax.process_index() == 0
     labels = sample_labels(config, s.num_samples)  # Fail on bad labels before writing anything.
     meta = settings(config, step)
@@ -180,7 +181,7 @@ class _Eta:
                 f"ETA {datetime.timedelta(seconds=round(left))}")
 
 
-def load_for_sampling(config: ml_collections.ConfigDict, workdir: str | epath.Path
+def load_for_sampling(config: ml_collections.ConfigDict, workdir: str | os.PathLike
                       ) -> tuple[Any, Mesh, int]:
     """(params, mesh, step): only the EMA (or raw, per sample.use_ema) params of the newest
     checkpoint, sharded for the configured mesh."""

@@ -5,12 +5,13 @@
         settings.json                       what is being sampled (the hash is of this)
         000000.npy, 000001.npy, ...         batch i as uint8 [b, H, W, C]
 
-A shard is written under a temporary name and renamed when complete, so a shard that exists is
-whole, and the run's position is the number of consecutive shards from 0: a killed run leaves at
-most a temporary file, which the next run overwrites. The folder name carries a hash of every
-setting that changes the images (sampler, steps, guidance, seed, batch size, labels, step, model),
-so a run with other settings never continues someone else's shards. Paths are `etils.epath`, so a
-gs:// workdir works as a local one.
+A shard appears only whole (`paths.write_atomic`: locally a temporary name renamed when complete,
+in a bucket an upload published when complete), so the run's position is the number of
+consecutive shards from 0: a killed run leaves at most a temporary file, which the next run
+overwrites. The folder name carries a hash of every setting that changes the images (sampler,
+steps, guidance, seed, batch size, labels, step, model), so a run with other settings never
+continues someone else's shards. Paths go through
+`sd_jax.paths`, so a gs:// workdir works as a local one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from etils import epath
+
+from sd_jax import paths
 
 SETTINGS_FILE = "settings.json"
 
@@ -36,7 +39,7 @@ class ShardFolder:
     """Shards of one sampling run next to its final file `npz_path`."""
 
     def __init__(self, npz_path: str | epath.Path, settings: dict[str, Any]):
-        npz_path = epath.Path(npz_path)
+        npz_path = paths.as_path(npz_path)
         self.settings = settings
         self.path = npz_path.parent / f"{npz_path.stem}.shards-{settings_hash(settings)}"
 
@@ -57,18 +60,17 @@ class ShardFolder:
 
     def completed(self, num_shards: int) -> int:
         """How many shards, from 0 on, are already written (the batch to continue from)."""
+        # One listing rather than a request per shard (a bucket has thousands of them).
+        names = {p.name for p in self.path.iterdir()} if self.path.exists() else set()
         done = 0
-        while done < num_shards and self.shard(done).exists():
+        while done < num_shards and self.shard(done).name in names:
             done += 1
         return done
 
     def write(self, index: int, images: np.ndarray) -> None:
-        """Writes shard `index` atomically (temporary name, then rename)."""
-        final = self.shard(index)
-        tmp = final.with_name(final.name + ".tmp")
-        with tmp.open("wb") as f:
+        """Writes shard `index`, which appears only whole (`paths.write_atomic`)."""
+        with paths.write_atomic(self.shard(index)) as f:
             np.save(f, np.ascontiguousarray(images), allow_pickle=False)
-        tmp.replace(final)
 
     def read(self, index: int) -> np.ndarray:
         with self.shard(index).open("rb") as f:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.sharding import Mesh
 
-from sd_jax import checkpointing, data, images, metrics_io, models, sharding, train_state
+from sd_jax import checkpointing, data, images, metrics_io, models, paths, sharding, train_state
 from sd_jax.errors import UserError
 from sd_jax.generate import Sampler
 from sd_jax.train_step import make_train_step
@@ -29,8 +30,8 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def save_sample_grid(
-    params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int, workdir: Path,
-) -> Path | None:
+    params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int, workdir: epath.Path,
+) -> epath.Path | None:
     """Samples `train.sample_grid_size` images (classes cycled) into samples/step_<step>.png."""
     n, num_classes = config.train.sample_grid_size, config.model.num_classes
     labels = np.arange(n) % num_classes if num_classes else np.zeros(n, np.int32)
@@ -42,7 +43,7 @@ def save_sample_grid(
     return images.save_png(grid, workdir / "samples" / f"step_{step:08d}.png")
 
 
-def divergence_advice(step: int, resumed: tuple[int, Path] | None) -> str:
+def divergence_advice(step: int, resumed: tuple[int, epath.Path] | None) -> str:
     """What to do about a NaN/Inf at `step`; `resumed` = (step, directory) of the restore."""
     if resumed is not None and step - resumed[0] <= RESTORE_SUSPECT_STEPS:
         since, where = step - resumed[0], resumed[1]
@@ -56,7 +57,7 @@ class _LaggedMetrics:
     """Holds a step's device metrics and reads them only after the next step is dispatched."""
 
     def __init__(self, logger: metrics_io.MetricsLogger, log_every: int, num_steps: int,
-                 resumed: tuple[int, Path] | None = None):
+                 resumed: tuple[int, epath.Path] | None = None):
         self.logger, self.log_every, self.num_steps = logger, log_every, num_steps
         self.resumed = resumed
         self.pending: tuple[int, dict[str, jax.Array]] | None = None
@@ -106,13 +107,16 @@ def _restore_or_init(
     return state, shardings, int(step)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> train_state.TrainState:
-    """Trains `config` in `workdir`, resuming from its newest checkpoint. Returns the final state.
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
+          ) -> train_state.TrainState:
+    """Trains `config` in `workdir` (a local path or gs://), resuming from its newest checkpoint.
+    Returns the final state.
 
-    Saves every `train.checkpoint_every` steps, at the end and on SIGTERM/SIGINT; logs every
-    `train.log_every` steps; samples EMA grids every `train.sample_every` steps.
+    Saves every `train.checkpoint_every` steps, at the end, on SIGTERM/SIGINT and at JAX's
+    preemption sync point; logs every `train.log_every` steps; samples EMA grids every
+    `train.sample_every` steps.
     """
-    workdir = Path(workdir).absolute()
+    workdir = paths.as_path(workdir)
     t = config.train
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_divisible(t.batch_size, mesh)
@@ -149,13 +153,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> train_state
             raise UserError(f"parameters are NaN/Inf after step {step}; not saving them: "
                             f"{divergence_advice(step, resumed)}")
         ckpt.save(step, state, checkpointing.data_meta(step, config))
+        logger.flush()  # In a bucket, metrics.jsonl then holds every step up to the checkpoint.
 
     try:
         for index, batch in loader.iterate(start, t.num_steps):
+            # uint8 + flip -> float32 [-1, 1] on the host until the train step takes the
+            # loader's batch contract itself (normalising and flipping on the device).
+            batch = data.preprocess.normalize(batch)
             state, metrics = step_fn(state, sharding.global_batch(batch, mesh), train_rng)
             step = index + 1  # Steps done, as in checkpoints and metrics.jsonl.
             lagged.push(step, metrics)
-            stopping = stop.should_stop(step)
+            # Asked every step on every process (the sync point is agreed on by step number).
+            preempted = ckpt.reached_preemption(step)
+            signalled = stop.should_stop(step)
+            stopping = preempted or signalled
             if step % t.checkpoint_every == 0 or step == t.num_steps or stopping:
                 save(step)
             if t.sample_every and (step % t.sample_every == 0 or step == t.num_steps):
@@ -163,7 +174,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> train_state
             if fid is not None:  # All processes, same steps: sampling is a collective.
                 fid.maybe_fid(step, state.ema_params, config, mesh, workdir)
             if stopping:
-                print(f"stopped by signal at step {step}; checkpoint saved", flush=True)
+                why = "by signal" if signalled else "at the preemption sync point"
+                print(f"stopped {why} at step {step}; checkpoint saved", flush=True)
                 break
         lagged.flush()
     finally:

@@ -12,6 +12,7 @@ base_channels or num_classes in train and sample mode.
 
 import numpy as np
 import pytest
+from test_experiments import jax_cache_dir
 from test_train_e2e import PRELUDE, check, fast_env
 from utils import DAMAGE_KINDS, config_args, run_launch, run_python, tiny_config
 
@@ -71,7 +72,7 @@ for field, value in {other!r}.items():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("faults")
-    cache = tmp_path_factory.mktemp("jax_cache")
+    cache = jax_cache_dir(tmp_path_factory)  # The session's, shared with the other tiny runs.
     code = CODE.format(workdir=str(workdir), kinds=DAMAGE_KINDS, other=OTHER_MODELS)
     proc = run_python(code, 1, env_extra=fast_env(cache, 1))
     check(proc)

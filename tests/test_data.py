@@ -1,11 +1,13 @@
 """Data layer: sources, preprocessing, deterministic/resumable order, shards, bad input.
 
-Budget: ~10 s on 2 cores (the tfds source is tested in test_data_tfds.py).
+Budget: ~10 s on 2 cores plus ~10 s for the two tests that start grain worker processes
+(the tfds source is tested in test_data_tfds.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -33,8 +35,15 @@ def make_loader(source: ArraySource | None = None, **kw) -> Loader:
 
 def recover_indices(batch: dict[str, np.ndarray]) -> np.ndarray:
     """Inverse of make_source: the example index of each row (from the green channel)."""
-    green = np.rint((batch["image"][:, 0, 0, 1] + 1) * 127.5).astype(int)
+    green = batch["image"][:, 0, 0, 1].astype(int)
     return np.array([int(np.nonzero(np.arange(37) * 5 % 256 == g)[0][0]) for g in green])
+
+
+def assert_same_batch(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert sorted(a) == sorted(b) == ["flip", "image", "label"]
+    for key in a:
+        assert a[key].dtype == b[key].dtype
+        np.testing.assert_array_equal(a[key], b[key])
 
 
 def write_jpeg(path, size=(50, 40), color=(200, 30, 30)) -> None:
@@ -81,16 +90,21 @@ def test_float_range_and_flip():
     np.testing.assert_array_equal(preprocess.to_float(image, flip=True)[0, :, 0], [1.0, -1.0])
 
 
-def test_loader_flips_half_deterministically():
+def test_loader_flags_flips_and_normalize_applies_them():
     loader = make_loader(random_flip=True, global_batch_size=64)
     batch = loader.get_batch(3)
-    red_left = batch["image"][:, 0, 0, 0] == 1.0
-    red_right = batch["image"][:, 0, -1, 0] == 1.0
     expected = preprocess.flip_mask(0, 3, 64)
-    np.testing.assert_array_equal(red_right, expected)
-    np.testing.assert_array_equal(red_left, ~expected)
+    np.testing.assert_array_equal(batch["flip"], expected)
     assert 10 < expected.sum() < 54
-    assert not np.any(make_loader(global_batch_size=64).get_batch(3)["image"][:, 0, -1, 0] == 1)
+    assert np.all(batch["image"][:, 0, 0, 0] == 255)  # The loader never mirrors: red on the left.
+    assert np.all(batch["image"][:, 0, -1, 0] != 255)
+    model = preprocess.normalize(batch)  # What the model sees: [-1, 1], flagged rows mirrored.
+    assert sorted(model) == ["image", "label"] and model["image"].dtype == np.float32
+    np.testing.assert_array_equal(model["image"][:, 0, -1, 0] == 1.0, expected)
+    np.testing.assert_array_equal(model["image"][:, 0, 0, 0] == 1.0, ~expected)
+    np.testing.assert_array_equal(model["image"][~expected], preprocess.to_float(
+        batch["image"][~expected]))
+    assert not make_loader(global_batch_size=64).get_batch(3)["flip"].any()  # random_flip=False.
 
 
 def test_per_image_path_matches_in_memory_path():
@@ -105,41 +119,66 @@ def test_per_image_path_matches_in_memory_path():
             return self.inner[i]
 
     source = make_source(size=12)  # Resized 12 -> 8 by either path.
-    fast = make_loader(source, random_flip=True, global_batch_size=40).get_batch(2)
-    threaded = make_loader(Wrapped(source), random_flip=True, global_batch_size=40).get_batch(2)
-    for key in ("image", "label"):
-        np.testing.assert_array_equal(threaded[key], fast[key])
+    resized_once = make_loader(source, random_flip=True, global_batch_size=40).get_batch(2)
+    per_image = make_loader(Wrapped(source), random_flip=True, global_batch_size=40).get_batch(2)
+    assert_same_batch(per_image, resized_once)
 
 
 # ---------------------------------------------------------------- order and shards
 
 
 def test_batches_follow_epoch_permutations():
-    loader = make_loader()
+    loader = make_loader(seed=3)
     stream = np.concatenate([loader.global_indices(k) for k in range(9)])  # 108 = 2.9 epochs.
-    for epoch in range(2):  # Each full epoch visits every example exactly once.
-        np.testing.assert_array_equal(np.sort(stream[37 * epoch: 37 * (epoch + 1)]),
-                                      np.arange(37))
+    # The order every checkpoint's data position refers to: epoch e is
+    # default_rng([seed, e]).permutation(N), concatenated. Changing it would resume old runs on
+    # other data.
+    expected = np.concatenate([np.random.default_rng([3, e]).permutation(37) for e in range(3)])
+    np.testing.assert_array_equal(stream, expected[:108])
     batch = loader.get_batch(2)
     np.testing.assert_array_equal(recover_indices(batch), loader.global_indices(2))
     np.testing.assert_array_equal(batch["label"], loader.global_indices(2) % 5)
-    assert batch["label"].dtype == np.int32 and batch["image"].dtype == np.float32
+    assert batch["label"].dtype == np.int32 and batch["image"].dtype == np.uint8
+    assert batch["flip"].dtype == bool and batch["image"].shape == (12, 8, 8, 3)
 
 
-def test_restart_continues_exactly_and_seeds_differ():
-    first = make_loader(random_flip=True)
-    reference = [first.get_batch(k) for k in range(7)]
-    resumed = make_loader(random_flip=True)  # A fresh process after a restart at step 4.
-    steps = []
-    for step, batch in resumed.iterate(4, 7):
+class PidSource:
+    """Labels each example with the id of the process that read it."""
+
+    num_classes = 1 << 30
+
+    def __init__(self, inner: ArraySource) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        return self.inner[index][0], os.getpid()
+
+
+def test_worker_processes_resume_bitwise_and_seeds_differ():
+    reference = [make_loader(random_flip=True).get_batch(k) for k in range(8)]
+    # A fresh loader after a restart at step 3, read by 2 grain worker processes; its source
+    # labels every example with the id of the process that decoded it.
+    resumed = make_loader(PidSource(make_source()), random_flip=True, num_workers=2)
+    steps, readers = [], []
+    for step, batch in resumed.iterate(3, 8):
         steps.append(step)
-        np.testing.assert_array_equal(batch["image"], reference[step]["image"])
-        np.testing.assert_array_equal(batch["label"], reference[step]["label"])
-    assert steps == [4, 5, 6]
+        for key in ("image", "flip"):
+            assert batch[key].dtype == reference[step][key].dtype
+            np.testing.assert_array_equal(batch[key], reference[step][key])
+        readers.append(set(batch["label"].tolist()))
+    assert steps == [3, 4, 5, 6, 7]
+    # Decoding runs in two other processes (past the GIL), each building whole batches.
+    assert all(len(r) == 1 for r in readers)
+    assert len(set.union(*readers)) == 2 and os.getpid() not in set.union(*readers)
+
+    in_process = make_loader(random_flip=True, num_workers=0)  # One reader thread, same batches.
+    assert [s for s, _ in in_process.iterate(6, 8)] == [6, 7]
+    assert_same_batch(next(in_process.iterate(6))[1], reference[6])
     other = make_loader(seed=1, random_flip=True)
     assert not np.array_equal(other.get_batch(0)["image"], reference[0]["image"])
-    sync = make_loader(num_workers=0, random_flip=True)  # Threads do not change anything.
-    np.testing.assert_array_equal(sync.get_batch(5)["image"], reference[5]["image"])
 
 
 @pytest.mark.parametrize("process_count", [2, 3, 4])
@@ -148,8 +187,7 @@ def test_process_shards_partition_the_global_batch(process_count):
     shards = [make_loader(random_flip=True, process_index=p, process_count=process_count)
               .get_batch(5) for p in range(process_count)]
     assert all(len(s["label"]) == 12 // process_count for s in shards)
-    for key in ("image", "label"):
-        np.testing.assert_array_equal(np.concatenate([s[key] for s in shards]), single[key])
+    assert_same_batch({k: np.concatenate([s[k] for s in shards]) for k in single}, single)
 
 
 def test_build_loader_checks_divisibility_and_classes():
@@ -182,10 +220,12 @@ def test_digits_source_and_loader():
     assert max(int(source[i][0].max()) for i in range(20)) == 255  # 16 -> 255.
     config = base.get_config()
     config.data.source, config.model.image_size, config.train.batch_size = "digits", 16, 32
-    batch = build_loader(config, process_index=0, process_count=1).get_batch(0)
-    assert batch["image"].shape == (32, 16, 16, 3)
-    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
-    assert set(batch["label"]) <= set(range(10))
+    loader = build_loader(config, process_index=0, process_count=1)
+    batch = loader.get_batch(0)
+    assert batch["image"].shape == (32, 16, 16, 3) and batch["image"].dtype == np.uint8
+    np.testing.assert_array_equal(batch["label"], source.labels[loader.global_indices(0)])
+    np.testing.assert_array_equal(  # 8x8 -> 16x16 of a constant 8x8 block stays constant.
+        batch["image"][:, 4:12, 4:12].max((1, 2, 3)) > 0, True)
 
 
 def test_folder_with_class_subfolders(tmp_path, caplog):
@@ -203,9 +243,9 @@ def test_folder_with_class_subfolders(tmp_path, caplog):
     assert image.shape == (60, 30, 3) and label == 1
     loader = Loader(source, image_size=16, global_batch_size=7, seed=0, random_flip=False)
     batch = loader.get_batch(0)
-    for img, lab in zip(batch["image"], batch["label"], strict=True):
+    for img, lab in zip(batch["image"].astype(int), batch["label"], strict=True):
         red, blue = img[8, 8, 0], img[8, 8, 2]
-        assert (red > 0.8 and blue < -0.8) if lab == 0 else (blue > 0.8 or img[8, 8, 1] > 0.8)
+        assert (red > 230 and blue < 25) if lab == 0 else (blue > 230 or img[8, 8, 1] > 230)
 
 
 def test_flat_folder_is_unconditional(tmp_path):
@@ -236,15 +276,34 @@ def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
     good = (tmp_path / "good0.jpg").read_bytes()
     (tmp_path / "bad1.jpg").write_bytes(good[: len(good) // 2])  # Truncated.
     source = FolderSource(tmp_path)
-    loader = Loader(source, image_size=8, global_batch_size=16, seed=0, random_flip=False)
+    bad = {source.files.index(str(tmp_path / f"bad{i}.jpg")) for i in range(2)}
+
+    def make(**kw):
+        return Loader(source, image_size=8, global_batch_size=16, seed=0, random_flip=False, **kw)
+
+    loader = make(num_workers=1)  # Read in a worker process, counted in this one.
     with caplog.at_level(logging.WARNING):
-        batch = loader.get_batch(0)  # 16 rows of 8 files: both bad files are drawn.
-    assert loader.num_bad_records >= 2
-    assert caplog.text.count("skipping unreadable record") == loader.num_bad_records
-    np.testing.assert_allclose(batch["image"][:, 4, 4], np.broadcast_to(
-        np.array([200, 30, 30]) / 127.5 - 1, (16, 3)), atol=0.05)  # Only good images remain.
-    again = Loader(source, image_size=8, global_batch_size=16, seed=0, random_flip=False)
-    np.testing.assert_array_equal(again.get_batch(0)["image"], batch["image"])  # Deterministic.
+        batches = [b for _, b in loader.iterate(0, 2)]
+    # 32 rows = 4 epochs of the 8 files: each bad file is drawn 4 times (a substitute may fail
+    # too, and is counted as well).
+    drawn = [int(i) for k in range(2) for i in loader.global_indices(k)]
+    assert sum(i in bad for i in drawn) == 8 and loader.num_bad_records >= 8
+    assert caplog.text.count("unreadable records replaced") == 2  # One warning per step.
+    for batch in batches:  # Only good images remain: (200, 30, 30) up to JPEG rounding.
+        np.testing.assert_allclose(batch["image"][:, 4, 4].astype(int),
+                                   np.broadcast_to([200, 30, 30], (16, 3)), atol=3)
+    again = make(num_workers=0)  # Same substitutes when read in this process.
+    for k in range(2):
+        assert_same_batch(again.get_batch(k), batches[k])
+    assert again.num_bad_records == loader.num_bad_records
+
+
+def test_a_row_that_keeps_failing_is_a_user_error(tmp_path):
+    for i in range(3):
+        (tmp_path / f"bad{i}.jpg").write_bytes(b"not a jpeg")
+    loader = Loader(FolderSource(tmp_path), image_size=8, global_batch_size=2, seed=0)
+    with pytest.raises(UserError, match="15 substitutes could not be read"):
+        loader.get_batch(0)
 
 
 def test_folder_errors(tmp_path):

@@ -1,5 +1,6 @@
 """End-to-end training on fake CPU devices: exact resume, 1 vs 8 devices (data / FSDP), sample
-grids, restore across device counts, two processes as one job, SIGTERM, NaN.
+grids, restore across device counts, two processes as one job, SIGTERM and JAX's preemption
+sync point (one process and two), NaN.
 
 All children share one persistent compilation cache, so a program compiled once (the 1-device
 train step, say) is not compiled again by the resumed or preempted runs.
@@ -14,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from test_experiments import jax_cache_dir
 from utils import REPO, child_env, config_args, run_launch, run_python, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -45,7 +47,7 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("jax_cache")
+    return jax_cache_dir(tmp_path_factory)  # The session's, shared with the other tiny runs.
 
 
 def fast_env(cache_dir, num_devices: int) -> dict[str, str]:
@@ -90,6 +92,17 @@ try:
                                  "train.checkpoint_every": 1}), W + "/nan")
 except UserError as e:
     print("NAN_ERROR", e)
+# JAX's preemption sync point, as if a notice had reached the job and step 2 had been agreed on.
+from jax.experimental import multihost_utils
+real_sync_point, asked = multihost_utils.reached_preemption_sync_point, []
+def sync_point(step):
+    asked.append(step)
+    return step == 2
+multihost_utils.reached_preemption_sync_point = sync_point
+trainer.train(tiny_config(), W + "/sync_point")
+print("ASKED", asked)
+multihost_utils.reached_preemption_sync_point = real_sync_point
+trainer.train(tiny_config(), W + "/sync_point")  # The restart continues from step 2.
 """
     return check(run_python(code, 1, env_extra=fast_env(cache_dir, 1)))
 
@@ -104,6 +117,15 @@ def test_exact_resume(one_device_runs, workdir):
     for name in a.files:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     assert steps_on_disk(workdir / "resumed") == [3, 6]
+
+
+def test_preemption_sync_point_saves_stops_and_resumes_exactly(one_device_runs, workdir):
+    asked = json.loads(one_device_runs.split("ASKED ")[1].splitlines()[0])
+    # Asked after every step until it said stop (orbax asks again while saving that step).
+    assert asked[:2] == [1, 2] and set(asked) == {1, 2}, asked
+    assert "stopped at the preemption sync point at step 2; checkpoint saved" in one_device_runs
+    assert steps_on_disk(workdir / "sync_point") == [2, 3, 6]
+    assert losses(workdir / "sync_point") == losses(workdir / "straight")  # Bitwise.
 
 
 def test_nan_loss_stops_naming_the_step(one_device_runs, workdir):
@@ -193,6 +215,32 @@ def test_two_processes_train_as_one_job(workdir, cache_dir):
     assert sorted(multi) == [1, 2]
     for step in multi:
         assert multi[step] == pytest.approx(ref[step], rel=1e-5)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_sync_point(workdir, cache_dir):
+    """jax.distributed's preemption service owns SIGTERM: a signal to process 1 alone makes
+    both processes save the same step and exit cleanly."""
+    path = workdir / "multi_preempted"
+    long_run = tiny_config(**{"train.num_steps": 100_000, "train.checkpoint_every": 100_000})
+    coordinator = f"127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "launch.py"), *config_args(long_run), f"--workdir={path}",
+             f"--coordinator_address={coordinator}", "--num_processes=2", f"--process_id={i}"],
+            cwd=REPO, env=child_env(2) | fast_env(cache_dir, 2), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    for line in procs[0].stdout:  # Only process 0 logs steps.
+        if line.startswith("step 3/"):
+            procs[1].send_signal(signal.SIGTERM)
+            break
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-2000:] + err[-5000:]
+    stopped = int(outs[0][0].split("stopped at the preemption sync point at step ")[1]
+                  .split(";")[0])
+    assert 3 <= stopped < 100_000 and steps_on_disk(path) == [stopped]
 
 
 def test_sigterm_saves_and_restart_continues(one_device_runs, workdir, cache_dir):

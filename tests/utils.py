@@ -110,20 +110,22 @@ def config_args(config) -> list[str]:
 DAMAGE_KINDS = ("truncate", "metadata", "flip")
 
 
-def damage_checkpoint(step_dir, kind: str) -> Path:
+def damage_checkpoint(step_dir, kind: str):
     """Damages a saved checkpoint as a full disk, a bad copy or bit rot would; returns the file.
 
     'truncate': the largest array data file (OCDBT, zstd-compressed chunks) is cut to half its
     size; 'metadata': the tree
     metadata `state/_METADATA` is deleted; 'flip': one byte in the middle of the largest array
-    data file is inverted, the size unchanged.
+    data file is inverted, the size unchanged. `step_dir` may be local or gs:// (etils.epath).
     """
-    state = Path(step_dir) / "state"
+    from etils import epath
+
+    state = epath.Path(step_dir) / "state"
     if kind == "metadata":
         (state / "_METADATA").unlink()
         return state / "_METADATA"
     data = max((p for p in state.glob("ocdbt.process_*/d/*") if p.is_file()),  # Array chunks.
-               key=lambda p: p.stat().st_size)
+               key=lambda p: p.stat().length)
     raw = bytearray(data.read_bytes())
     if kind == "truncate":
         raw = raw[: len(raw) // 2]

@@ -1,8 +1,10 @@
-"""Input pipelines: sources (tfds, image folders, embedded digits) and a deterministic loader.
+"""Input pipelines: sources (tfds, image folders, embedded digits) and a deterministic grain
+loader.
 
 TensorFlow is imported only by `sd_jax.data.tfds_source`, lazily, and never sees accelerators.
 """
 
+from sd_jax.data import preprocess
 from sd_jax.data.loader import Loader, build_loader, build_source, check_divisible
 from sd_jax.data.sources import ArraySource, FolderSource, Source, digits_source
 
@@ -15,4 +17,5 @@ __all__ = [
     "build_source",
     "check_divisible",
     "digits_source",
+    "preprocess",
 ]

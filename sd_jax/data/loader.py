@@ -1,29 +1,41 @@
-"""Deterministic, resumable batches: `Loader.get_batch(step)` depends only on (seed, step, process).
+"""Deterministic, resumable batches through grain: `Loader.get_batch(step)` depends only on
+(seed, step, process).
 
-Order: the global batch at step k holds positions k*B .. k*B+B-1 of an endless stream; position p
-is example `perm(seed, epoch)[p % N]` with epoch = p // N, a fresh permutation per epoch. Each
-process takes its own contiguous slice of the B rows, so the processes partition the global
-batch and a restart at step k continues with exactly the batch it would have seen.
+The pipeline is one grain MapDataset: `range(steps * b)` -> `map(ReadExample)` (source index
+from (seed, position), decode, crop, resize; `sd_jax/data/examples.py`) -> `batch(b)`, so element
+k is this process's batch at step k (b = global batch / processes). `iterate(start)` slices it at
+`start` and reads it with `data.num_workers` grain worker processes (`mp_prefetch`: each builds
+whole batches, handed over in step order through shared memory), so decoding scales with
+processes rather than with threads under the GIL. Resume needs no iterator state: the
+checkpoint's step is the position.
+
+Batch contract: {"image": uint8 [b, S, S, 3] unflipped, "flip": bool [b], "label": int32 [b]};
+the flip rows are `preprocess.flip_mask(seed, step, B)` (a function of (seed, step) only) AND
+`data.random_flip`, and the consumer scales to [-1, 1] and mirrors (`preprocess.normalize`).
 """
 
 from __future__ import annotations
 
-import collections
+import gc
+import itertools
 import logging
-import threading
+import os
+import sys
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 
+import grain
 import ml_collections
 import numpy as np
+from absl import flags
 
-from sd_jax.data import preprocess
+from sd_jax.data.examples import ReadExample
 from sd_jax.data.sources import ArraySource, FolderSource, Source, digits_source
 from sd_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 16  # A row whose record and 15 substitutes all fail is a data problem, not bad luck.
+# Steps the MapDataset spans (it is lazy: nothing is materialised), far beyond any run.
+MAX_STEPS = 2**40
 
 
 def check_divisible(global_batch_size: int, process_count: int) -> None:
@@ -34,12 +46,26 @@ def check_divisible(global_batch_size: int, process_count: int) -> None:
             f"({process_count}); use a multiple of {process_count}")
 
 
-class Loader:
-    """One process's batches: {"image": f32 [b, S, S, 3] in [-1, 1], "label": i32 [b]}.
+def hide_accelerators(worker_index: int, worker_count: int) -> None:
+    """grain worker init: the workers decode images on the CPU and must never take a GPU or TPU.
 
-    Decoding and resizing run on `num_workers` threads (PIL releases the GIL); `num_workers=0`
-    loads in the calling thread. Corrupt records are replaced by a deterministic substitute
-    index and counted in `num_bad_records`, with a warning each time.
+    Nothing in a worker uses JAX or TensorFlow, but grain imports jax and a source may import TF;
+    this keeps either from opening a device if anything ever started one.
+    """
+    del worker_index, worker_count
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # TensorFlow and CUDA.
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "jax" in sys.modules:  # Imported already (by grain): its backends start on first use.
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
+
+
+class Loader:
+    """One process's batches (see the module docstring for the contract).
+
+    `num_workers` grain worker processes decode and resize for `iterate`; 0 reads in this
+    process (on one background thread). `get_batch` always reads in the calling thread.
+    Corrupt records are replaced by deterministic substitutes and counted in `num_bad_records`.
     """
 
     def __init__(self, source: Source, *, image_size: int, global_batch_size: int, seed: int,
@@ -51,130 +77,82 @@ class Loader:
         if len(source) == 0:
             raise UserError("the dataset is empty; check data.source / data.split")
         self.source = source
-        self.image_size = int(image_size)
         self.global_batch_size = int(global_batch_size)
         self.local_batch_size = self.global_batch_size // process_count
-        self.seed = int(seed)
-        self.random_flip = bool(random_flip)
-        self.process_index = process_index
-        self.process_count = process_count
+        self.process_index, self.process_count = process_index, process_count
+        self.num_workers = max(0, int(num_workers))
         self.prefetch = max(1, int(prefetch))
         self.num_bad_records = 0
-        self._lock = threading.Lock()
-        self._perms: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-        self._pool = ThreadPoolExecutor(num_workers, "sd_jax_data") if num_workers > 0 else None
-        # In-memory sources are resized once up front and gathered a batch at a time.
-        self._array = source.resized(image_size) if isinstance(source, ArraySource) else None
+        if isinstance(source, ArraySource):  # In memory: resize once, not at every visit.
+            source = source.resized(image_size)
+        self.read = ReadExample(
+            source, image_size=image_size, seed=seed, global_batch_size=global_batch_size,
+            local_batch_size=self.local_batch_size, process_index=process_index,
+            random_flip=random_flip, num_classes=source.num_classes)
+        self.batches = (grain.MapDataset.range(MAX_STEPS * self.local_batch_size)
+                        .map(self.read).batch(self.local_batch_size, drop_remainder=True))
+        self._iterators: set = set()
 
     @property
     def num_classes(self) -> int:
         """Number of classes of the source (0: unconditional, labels are all 0)."""
         return int(self.source.num_classes)
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        with self._lock:
-            perm = self._perms.get(epoch)
-            if perm is None:
-                perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
-                self._perms[epoch] = perm
-                while len(self._perms) > 3:  # A batch spans at most a few epochs.
-                    self._perms.popitem(last=False)
-            return perm
-
     def global_indices(self, step: int) -> np.ndarray:
         """Source indices of all `global_batch_size` rows at `step` (every process agrees)."""
-        n = len(self.source)
         positions = step * self.global_batch_size + np.arange(self.global_batch_size)
-        epochs, offsets = np.divmod(positions, n)
-        indices = np.empty(self.global_batch_size, np.int64)
-        for epoch in np.unique(epochs):
-            rows = epochs == epoch
-            indices[rows] = self._permutation(int(epoch))[offsets[rows]]
-        return indices
+        return self.read.order.indices(positions)
 
     def local_rows(self) -> slice:
         """This process's rows of the global batch."""
         start = self.process_index * self.local_batch_size
         return slice(start, start + self.local_batch_size)
 
-    def _load(self, index: int) -> tuple[np.ndarray, int]:
-        """Decoded, cropped, resized uint8 image and label; substitutes for corrupt records."""
-        first = index
-        for attempt in range(MAX_ATTEMPTS):
-            try:
-                image, label = self.source[index]
-                return preprocess.crop_resize(image, self.image_size), label
-            except Exception as e:  # noqa: BLE001 - one bad JPEG must not end a long run.
-                with self._lock:
-                    self.num_bad_records += 1
-                    count = self.num_bad_records
-                log.warning("skipping unreadable record %d (%s: %s); %d skipped so far",
-                            index, type(e).__name__, e, count)
-                rng = np.random.default_rng([self.seed, first, attempt, 0xBAD])
-                index = int(rng.integers(len(self.source)))
-        raise UserError(f"record {first} and {MAX_ATTEMPTS - 1} substitutes could not be read; "
-                        "check that the dataset files are intact and readable")
-
-    def _fill(self, out: dict[str, np.ndarray], row: int, index: int, flip: bool) -> None:
-        image, label = self._load(index)
-        out["image"][row] = preprocess.to_float(image, flip)
-        out["label"][row] = label if self.num_classes else 0
-
-    def _start(self, step: int) -> tuple[dict[str, np.ndarray], list[Future]]:
-        indices = self.global_indices(step)[self.local_rows()]
-        flips = preprocess.flip_mask(self.seed, step, self.global_batch_size)[self.local_rows()]
-        flips &= self.random_flip
-        if self._array is not None:
-            images = preprocess.to_float(self._array.images[indices])
-            images[flips] = images[flips, :, ::-1]
-            labels = self._array.labels[indices] if self.num_classes else 0 * indices
-            return {"image": images, "label": labels.astype(np.int32)}, []
-        s = self.image_size
-        out = {"image": np.empty((len(indices), s, s, 3), np.float32),
-               "label": np.empty(len(indices), np.int32)}
-        futures = []
-        for row, (index, flip) in enumerate(zip(indices, flips, strict=True)):
-            if self._pool is None:
-                self._fill(out, row, int(index), bool(flip))
-            else:
-                futures.append(self._pool.submit(self._fill, out, row, int(index), bool(flip)))
-        return out, futures
-
-    @staticmethod
-    def _finish(pending: tuple[dict[str, np.ndarray], list[Future]]) -> dict[str, np.ndarray]:
-        out, futures = pending
-        for f in futures:
-            f.result()  # Re-raises a worker's exception (e.g. the UserError above).
-        return out
+    def _finish(self, step: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Counts (and reports) the substituted records and drops that field from the batch."""
+        skipped = int(np.sum(batch.pop("skipped")))
+        if skipped:
+            self.num_bad_records += skipped
+            log.warning("step %d: %d unreadable records replaced by substitutes; %d so far "
+                        "(data.source files are damaged?)", step, skipped, self.num_bad_records)
+        return batch
 
     def get_batch(self, step: int) -> dict[str, np.ndarray]:
-        """This process's rows of the global batch at `step` (a pure function of seed and step)."""
-        return self._finish(self._start(step))
+        """This process's rows of the global batch at `step`, read in the calling thread."""
+        return self._finish(step, self.batches[step])
 
     def iterate(self, start_step: int = 0, end_step: int | None = None
                 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """Yields (step, get_batch(step)) for start_step, start_step + 1, ... (< end_step),
-        loading the next `prefetch` batches in the background."""
-        queue: collections.deque = collections.deque()
-        step = start_step
+        read ahead by the worker processes (a few batches each)."""
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; no absl app here
+            flags.FLAGS.mark_as_parsed()  # (tests, notebooks, scripts): use their defaults.
+        ds = self.batches[start_step:end_step]
+        if self.num_workers:  # One reader thread per worker: the workers are the parallelism.
+            ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=1))
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self.num_workers, per_worker_buffer_size=self.prefetch),
+                worker_init_fn=hide_accelerators)
+        else:
+            ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1,
+                                                      prefetch_buffer_size=self.prefetch))
+        it = iter(ds)
+        self._iterators.add(it)
         try:
-            while True:
-                while len(queue) <= self.prefetch and (end_step is None or step < end_step):
-                    queue.append((step, self._start(step)))
-                    step += 1
-                if not queue:
-                    return
-                s, pending = queue.popleft()
-                yield s, self._finish(pending)
+            for step, batch in zip(itertools.count(start_step), it):
+                yield step, self._finish(step, batch)
         finally:
-            for _, (_, futures) in queue:
-                for f in futures:
-                    f.cancel()
+            self._iterators.discard(it)
+            it.close()
+            # grain's last batches sit in reference cycles; collecting them now unlinks their
+            # shared memory, which otherwise waits for the interpreter's exit (and a warning).
+            gc.collect()
 
     def close(self) -> None:
-        """Stops the worker threads (pending work is cancelled)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stops the worker processes of iterators still open."""
+        for it in list(self._iterators):
+            it.close()
+        self._iterators.clear()
 
 
 def build_source(data_cfg: ml_collections.ConfigDict) -> Source:
@@ -216,4 +194,3 @@ def build_loader(config: ml_collections.ConfigDict, process_index: int | None = 
                   seed=config.seed, random_flip=config.data.random_flip,
                   num_workers=config.data.num_workers, process_index=process_index,
                   process_count=process_count)
-

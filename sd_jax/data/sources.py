@@ -3,7 +3,8 @@
 Every source has `__len__`, `__getitem__(i) -> (uint8 [H, W, C] image, int label)` and
 `num_classes` (0: unconditional). Images may have any size and 1, 3 or 4 channels; the loader
 crops, resizes and converts them. `__getitem__` may raise on a corrupt record: the loader
-counts it and substitutes another index. The tfds source lives in `tfds_source.py`.
+counts it and substitutes another index. Sources are pickled into the loader's worker
+processes, so they hold no open files or threads. The tfds source lives in `tfds_source.py`.
 """
 
 from __future__ import annotations
@@ -133,14 +134,21 @@ class FolderSource:
             self.class_names = []
             self.labels = np.zeros(len(images), np.int64)
         self.root = root
-        self.paths = images
+        # Plain strings, not Paths: the source is pickled into every worker process, and a
+        # million Path objects pickle several times slower and larger than their strings.
+        self.files = [str(f) for f in images]
         self.num_classes = len(self.class_names)
 
+    @property
+    def paths(self) -> list[Path]:
+        """The image files, in index order."""
+        return [Path(f) for f in self.files]
+
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        return decode_rgb8(self.paths[index]), int(self.labels[index])
+        return decode_rgb8(self.files[index]), int(self.labels[index])
 
 
 # Pillow's modes for 16-bit grayscale (PNG); `convert("RGB")` would clip them at 255.

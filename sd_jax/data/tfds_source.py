@@ -7,6 +7,8 @@ command. Datasets prepared only as tfrecord (tfds's default) have no random acce
 refused with the re-prepare command; there is no tf.data fallback, because it could not give
 `get_batch(step)` for an arbitrary step. Records are decoded by tfds's NumPy path (PIL / OpenCV),
 so TensorFlow is imported only to hide accelerators from it and for tfds's own bookkeeping.
+The loader's worker processes reopen the prepared files by directory
+(`tfds.builder_from_directory`), which needs neither the builder class nor TensorFlow.
 """
 
 from __future__ import annotations
@@ -103,7 +105,20 @@ class TfdsSource:
                             f"{list(builder.info.splits)})") from e
         self.image_key, self.label_key, self.num_classes = _image_and_label_keys(
             builder.info.features)
-        self.name = name
+        self.name, self.split = name, split
+        self.builder_dir = str(builder.data_dir)  # The prepared version's folder.
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        del state["data"]  # Reopened by __setstate__: file handles do not cross processes.
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        import tensorflow_datasets as tfds  # Reads array_record with NumPy: TF is not imported.
+
+        builder = tfds.builder_from_directory(self.builder_dir)
+        self.data = builder.as_data_source(split=self.split, file_format="array_record")
 
     def __len__(self) -> int:
         return len(self.data)

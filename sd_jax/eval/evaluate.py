@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from sd_jax import checkpoint_integrity as integrity
+from sd_jax import paths
 from sd_jax.errors import UserError
 from sd_jax.eval import fid, inception, npz_io
 
@@ -47,7 +49,7 @@ def build_extractor(eval_cfg: ml_collections.ConfigDict) -> tuple[fid.ExtractFn,
     return extract, batch_size
 
 
-def check_images(path: str | Path, what: str = "samples") -> tuple[int, ...]:
+def check_images(path: str | os.PathLike, what: str = "samples") -> tuple[int, ...]:
     """Raises UserError unless `arr_0` is uint8 [N, H, W, 1 or 3] (read from its header only, so
     before any Inception work); returns its shape."""
     shape, dtype = npz_io.array_header(path, "arr_0", what)
@@ -60,10 +62,9 @@ def check_images(path: str | Path, what: str = "samples") -> tuple[int, ...]:
     return shape
 
 
-def image_stats(path: str | Path, extract_fn: fid.ExtractFn, batch_size: int,
+def image_stats(path: str | os.PathLike, extract_fn: fid.ExtractFn, batch_size: int,
                 with_spatial: bool = True) -> fid.ImageStats:
     """Inception statistics of `arr_0` of an ADM-format .npz, streamed in batches."""
-    path = Path(path)
     check_images(path)
     return fid.compute_image_stats(npz_io.iter_rows(path, "arr_0", 10 * batch_size),
                                    extract_fn, batch_size, with_spatial)
@@ -75,7 +76,7 @@ def check_reference(path: str | None,
     optional) or uint8 arr_0 images; returns its keys. Reads headers only (no Inception)."""
     if not path:
         raise UserError(f"config.eval.reference_npz is not set. {REF_BATCH_HELP}")
-    if not Path(path).is_file():
+    if not paths.as_path(path).is_file():
         raise UserError(f"reference batch {path} does not exist. {REF_BATCH_HELP}")
     what = "reference batch"
     names = npz_io.keys(path, what)
@@ -108,27 +109,29 @@ def reference_stats(path: str | None, extract_fn: fid.ExtractFn, batch_size: int
     return {"mu": stats.mu, "sigma": stats.sigma, "mu_s": stats.mu_s, "sigma_s": stats.sigma_s}
 
 
-def find_samples(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
-    """config.eval.samples_npz, or the newest .npz in <workdir>/samples."""
+def find_samples(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epath.Path:
+    """config.eval.samples_npz, or the newest .npz in <workdir>/samples (local or gs://)."""
     if config.eval.samples_npz:
-        path = Path(config.eval.samples_npz)
+        path = paths.as_path(config.eval.samples_npz)
         if not path.is_file():
-            raise UserError(f"config.eval.samples_npz={path} does not exist")
+            raise UserError(f"config.eval.samples_npz={config.eval.samples_npz} does not exist")
         return path
-    found = sorted(Path(workdir, "samples").glob("*.npz"), key=lambda p: p.stat().st_mtime)
+    # epath's stat() has whole-second times in a bucket and locally; ties go to the name.
+    found = sorted(paths.as_path(workdir).joinpath("samples").glob("*.npz"),
+                   key=lambda p: (p.stat().mtime, p.name))
     if not found:
         raise UserError(f"no samples .npz in {workdir}/samples: run --mode=sample first "
                         "or set --config.eval.samples_npz")
     return found[-1]
 
 
-def sample_metadata(samples_path: Path) -> dict:
+def sample_metadata(samples_path: epath.Path) -> dict:
     """The sidecar <name>.json sample mode writes (step, guidance, ...), or {}."""
     meta = samples_path.with_suffix(".json")
     return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
-def check_samples_model(samples_path: Path, meta: dict, config: ml_collections.ConfigDict
+def check_samples_model(samples_path: epath.Path, meta: dict, config: ml_collections.ConfigDict
                         ) -> None:
     """Raises UserError when the sidecar says the samples came from another `config.model`, so
     an FID is never reported for the wrong model (compute-only fields are not compared)."""
@@ -139,7 +142,7 @@ def check_samples_model(samples_path: Path, meta: dict, config: ml_collections.C
                         "were sampled with, or pick other samples with --config.eval.samples_npz")
 
 
-def evaluate(samples_path: str | Path, reference: dict[str, np.ndarray],
+def evaluate(samples_path: str | os.PathLike, reference: dict[str, np.ndarray],
              extract_fn: fid.ExtractFn, eval_cfg: ml_collections.ConfigDict,
              batch_size: int) -> dict:
     """FID / sFID / IS of one samples .npz against reference statistics."""
@@ -147,21 +150,20 @@ def evaluate(samples_path: str | Path, reference: dict[str, np.ndarray],
     return fid.metrics(stats, reference, eval_cfg.is_splits, eval_cfg.fid_method)
 
 
-def write_results(workdir: str | Path, name: str | None, results: dict,
+def write_results(workdir: str | os.PathLike, name: str | None, results: dict,
                   step: int | None) -> None:
     """<workdir>/eval_<name>.json (unless name is None) and, when the step is known, a line of
     <workdir>/metrics.jsonl (its readers key records by step). Process 0 only."""
     if jax.process_index() != 0:
         return
-    workdir = Path(workdir)
+    workdir = paths.as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if name is not None:
         (workdir / f"eval_{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     if step is None:
         return
     line = {"step": step, **{f"eval/{k}": results[k] for k in LOGGED_KEYS if k in results}}
-    with open(workdir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(line) + "\n")
+    paths.append_text(workdir / "metrics.jsonl", json.dumps(line) + "\n")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -16,17 +16,19 @@ Weights format: an `.npz` whose keys are the flattened variable tree joined by "
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 from sd_jax.errors import UserError
 from sd_jax.eval import npz_io
+from sd_jax.paths import as_path
 
 HIGHEST = jax.lax.Precision.HIGHEST  # FID must not depend on TF32 / bf16 matmul defaults.
 INPUT_SIZE = 299
@@ -256,21 +258,21 @@ def random_variables(seed: int = 0) -> dict:
     return traverse_util.unflatten_dict(out, sep="/")
 
 
-def save_weights(variables: dict, path: str | Path) -> Path:
+def save_weights(variables: dict, path: str | os.PathLike) -> epath.Path:
     """Writes the variable tree as an .npz with '/'-joined keys (the documented format)."""
-    path = Path(path)
+    path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
-    with open(path, "wb") as f:  # A file object keeps numpy from appending ".npz".
+    with path.open("wb") as f:  # A file object keeps numpy from appending ".npz".
         np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
     return path
 
 
-def load_weights(path: str | Path | None) -> dict:
+def load_weights(path: str | os.PathLike | None) -> dict:
     """Reads and validates an .npz written by `save_weights` or the converter."""
     if not path:
         raise UserError(f"config.eval.inception_weights is not set. {WEIGHTS_HELP}")
-    path = Path(path)
+    path = as_path(path)
     if not path.is_file():
         raise UserError(f"Inception weights file {path} does not exist. {WEIGHTS_HELP}")
     if path.suffix == ".pth":

@@ -14,8 +14,8 @@ compare checkpoints of one run, not against published numbers.
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -52,7 +52,7 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[fid.ExtractFn, int, dict]
 
 
 def maybe_fid(step: int, params: Any, config: ml_collections.ConfigDict, mesh: Mesh,
-              workdir: str | Path) -> dict | None:
+              workdir: str | os.PathLike) -> dict | None:
     """FID/IS of `fid_num_samples` samples from `params` when `step % fid_every == 0`."""
     if not enabled(config) or step % int(config.eval.fid_every) != 0:
         return None

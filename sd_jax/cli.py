@@ -1,0 +1,111 @@
+"""The command line: `sd-jax` (installed by `pip install .`) and `python launch.py` are this.
+
+`sd-jax --config=configs/imagenet512.py --workdir=DIR [--mode=train]` parses flags, initialises
+the distributed runtime and hands over to `sd_jax.main`. Any config field can be overridden:
+`--config.model.dropout=0.1`. Flags are defined when this module is imported, so only the two
+entry points import it.
+"""
+
+import importlib.util
+import os
+import re
+import sys
+import traceback
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "inspect"], "What to run.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+FLAGS = flags.FLAGS
+
+
+def _unknown_key_message(error: BaseException, argv: list[str]) -> str:
+    """One line naming the bad override key (and ml_collections' suggestion, if any)."""
+    text = str(error).replace("\\n", "\n").replace("\\'", "'")
+    found = re.search(r'Key "([^"]+)"', text) or re.search(r"'([^'\s]+)'", text)
+    key = found.group(1) if found else text.split("\n")[0]
+    bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
+    where = f" ({', '.join(bad)})" if bad else ""
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    suggestion = f' Did you mean "{hint.group(1)}"?' if hint else ""
+    return f"unknown config key '{key}'{where}.{suggestion} Fields: configs/base.py"
+
+
+def _config_file_error(config_spec: str) -> str | None:
+    """Runs the config file's get_config() once; any exception in it -> one line with its place.
+
+    Loading it before absl does keeps an error inside the file (a NameError, a KeyError) apart
+    from a bad command-line override, and keeps its traceback off the screen.
+    """
+    path, _, arg = config_spec.partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("_sd_jax_config_check", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.get_config(arg) if arg else module.get_config()
+    except Exception as e:  # Whatever the file raises, the user fixes it in the file.
+        if isinstance(e, SyntaxError):
+            where = f"{e.filename}:{e.lineno}"
+        else:  # The innermost frame in the user's files, not in a library.
+            library = (os.path.dirname(os.__file__), "site-packages")
+            frames = traceback.extract_tb(e.__traceback__)
+            mine = [f for f in frames if not any(part in f.filename for part in library)]
+            frame = (mine or frames)[-1]
+            where = f"{frame.filename}:{frame.lineno}"
+        return f"{type(e).__name__}: {' '.join(str(e).split())} ({where})"
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad config file or override key is one line on stderr, exit 1."""
+    config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    message = None
+    if config_file and not os.path.isfile(config_file.split(":")[0]):
+        message = f"config file not found: {config_file}"
+    elif config_file and (problem := _config_file_error(config_file)):
+        message = f"could not load --config={config_file}: {problem}"
+    if message is None:
+        try:
+            rest = FLAGS(argv)
+            _ = FLAGS.config.seed  # A config file that failed to load raises only when read.
+            return rest
+        except (AttributeError, KeyError) as e:  # ml_collections: unknown override key.
+            message = _unknown_key_message(e, argv)
+        except flags.Error as e:  # A flag value that does not parse (--config.x=abc).
+            message = " ".join(str(e).split())
+        except (OSError, SyntaxError, ImportError, ValueError, TypeError) as e:
+            message = f"could not load --config: {' '.join(str(e).split())}"
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _run(argv: list[str]) -> None:
+    del argv
+    from sd_jax import main as sd_main
+
+    sd_main.run_cli(
+        config=FLAGS.config,
+        workdir=FLAGS.workdir,
+        mode=FLAGS.mode,
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id,
+    )
+
+
+def main() -> None:
+    """Console entry point (`sd-jax`, `python launch.py`)."""
+    # absl's --help lists the key flags of the script that runs (sys.argv[0]), which is not
+    # this module: make ours its key flags, and its usage text ours if it has none.
+    for flag in FLAGS.get_key_flags_for_module(__name__):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    main_module = sys.modules["__main__"]
+    if not main_module.__doc__:
+        main_module.__doc__ = __doc__
+    flags.mark_flags_as_required(["config"])
+    app.run(_run, flags_parser=parse_flags)
