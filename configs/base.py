@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     t = c.train
     t.num_steps = 500_000  # Paper: 500k steps.
     t.batch_size = 2048  # Global batch over all processes and devices (paper: 2048).
+    t.microbatch_size = 0  # Global micro-batch for gradient accumulation (0 or batch_size: none); divides batch_size, divisible by the device count.
     t.log_every = 100  # Steps between metric logs.
     t.checkpoint_every = 5_000  # Steps between (async) checkpoints.
     t.keep_checkpoints = 3  # Checkpoints kept in the workdir.
@@ -95,6 +96,12 @@ def get_config() -> ml_collections.ConfigDict:
         ("cond", "fsdp"),
         ("classes", "fsdp"),
     )
+
+    # ------------------------------------------- memory plan (--mode=plan, issue 12)
+    c.plan = ml_collections.ConfigDict()
+    c.plan.devices = 0  # Devices to plan for (0: the devices this process sees).
+    c.plan.device_memory_gb = 0.0  # Memory one device may use, GiB (0: what the device reports; CPU reports none).
+    c.plan.show = 8  # Fitting layouts listed, best first.
 
     # ------------------------------------------------------------- sampling (issue 6)
     c.sample = ml_collections.ConfigDict()

@@ -17,7 +17,8 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "inspect"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "inspect", "plan"],
+                  "What to run.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
