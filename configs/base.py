@@ -69,7 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.sample_grid_size = 16  # Images per periodic sample grid.
     t.label_dropout = 0.1  # Probability of the null label during training, for guidance (choice).
     t.ema_decay = 0.9999  # EMA of params (paper: 0.9999).
-    t.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard (imports TF on process 0).
+    t.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard (process 0).
+    t.profile_start_step = 0  # Profiler trace (clu Profile) into <workdir>/profile after this step; 0: off.
+    t.profile_num_steps = 5  # Steps the profiler trace covers (clu's default: 5).
     t.stop_check_every = 10  # Multi-host: steps between agreeing on a SIGTERM/SIGINT stop (one sync).
 
     c.optimizer = ml_collections.ConfigDict()

@@ -125,6 +125,8 @@ class Bench:
     """The model, optimizer, mesh and one train state, shared by every point of a sweep."""
 
     def __init__(self, config: Any):
+        from clu.parameter_overview import count_parameters
+
         from sd_jax import inspect_model, sharding, train_state
         from sd_jax.models import build_model
 
@@ -134,7 +136,7 @@ class Bench:
         self.tx = train_state.make_optimizer(config.optimizer)
         self.state, self.shardings = train_state.create_train_state(
             self.model, self.tx, config, self.mesh)
-        self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
+        self.num_params = int(count_parameters(self.state.params))
         self.forward_flops = inspect_model.forward_flops(
             config.model, inspect_model.param_shapes(config.model))
         self.samplers: dict[int, dict[str, Any]] = {}

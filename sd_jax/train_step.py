@@ -46,7 +46,9 @@ def train_step(
     """One optimizer step on `batch` ('image' [-1, 1] BHWC float32, 'label' int32 B).
 
     `rng` is the run's base key; the step's randomness is `fold_in(rng, state.step)`, so a resumed
-    run draws exactly the numbers an uninterrupted one would.
+    run draws exactly the numbers an uninterrupted one would. Metrics: `loss` (weighted),
+    `unweighted_loss`, `grad_norm`, `learning_rate` and the unweighted loss per logSNR bucket
+    (`losses.logsnr_bucket_metrics`), all of the whole global batch.
     """
     step_rng = jax.random.fold_in(rng, state.step)
     label_rng, loss_rng, dropout_rng = jax.random.split(step_rng, 3)
@@ -67,7 +69,10 @@ def train_step(
             loss=loss_name(config.diffusion, config.model.arch),
         )
 
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    # Sums and counts (not means) per bucket, so that micro-batches simply add up.
+    edges = losses.logsnr_bucket_edges(config.diffusion, config.model.image_size)
+    sums, counts = losses.logsnr_bucket_sums(aux["logsnr_b"], aux["unweighted_loss_b"], edges)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(
@@ -78,8 +83,10 @@ def train_step(
     )
     metrics = {
         "loss": loss.astype(jnp.float32),
+        "unweighted_loss": jnp.sum(sums) / jnp.sum(counts),
         "grad_norm": optax.global_norm(grads),
         "learning_rate": learning_rate_fn(config.optimizer)(state.step),
+        **losses.logsnr_bucket_metrics(sums, counts, edges),
     }
     return new_state, metrics
 

@@ -71,7 +71,8 @@ def final_state(workdir):  # Every array of the newest checkpoint, as saved (no 
 # Through main.run, as launch.py does: config validation and the workdir write check included.
 main.run(tiny_config(), W + "/straight", "train")
 main.run(tiny_config(**{"train.num_steps": 3}), W + "/resumed", "train")
-main.run(tiny_config(**{"train.tensorboard": True}), W + "/resumed", "train")
+main.run(tiny_config(**{"train.tensorboard": True, "train.profile_start_step": 4,
+                        "train.profile_num_steps": 1}), W + "/resumed", "train")
 straight, resumed = losses(W + "/straight"), losses(W + "/resumed")
 assert sorted(straight) == [1, 2, 3, 4, 5, 6] and straight == resumed, (straight, resumed)
 (step_a, a), (step_b, b) = final_state(W + "/straight"), final_state(W + "/resumed")
@@ -142,6 +143,8 @@ def test_train_resume_sample_in_a_bucket(gcs, tmp_path_factory):
             assert f"run/{run}/checkpoints/{step}/commit_success.txt" in names, names
         assert f"run/{run}/metrics.jsonl" in names
     assert any(n.startswith("run/resumed/tensorboard/events.out.tfevents.") for n in names)
+    assert any(n.startswith("run/resumed/profile/plugins/profile/") and n.endswith(".xplane.pb")
+               for n in names), names  # clu's Profile, copied from a local directory.
     assert {f"run/resumed/samples/{stem}{ext}" for ext in (".npz", ".png", ".json")} <= set(names)
     assert f"run/resumed/eval_{stem}.json" in names
     assert not [n for n in names if ".write_test_" in n or n.endswith(".tmp")], names
