@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     t = c.train
     t.num_steps = 500_000  # Paper: 500k steps.
     t.batch_size = 2048  # Global batch over all processes and devices (paper: 2048).
-    t.microbatch_size = 0  # Global micro-batch for gradient accumulation: batch_size / microbatch_size micro-batches per step, one optimizer update; 0 (or batch_size): none. Must divide batch_size and be divisible by the device count.
+    t.microbatch_size = 0  # Global micro-batch for gradient accumulation (0 or batch_size: none); divides batch_size, divisible by the device count.
     t.log_every = 100  # Steps between metric logs.
     t.checkpoint_every = 5_000  # Steps between (async) checkpoints.
     t.keep_checkpoints = 3  # Checkpoints kept in the workdir.
@@ -69,7 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
     t.sample_grid_size = 16  # Images per periodic sample grid.
     t.label_dropout = 0.1  # Probability of the null label during training, for guidance (choice).
     t.ema_decay = 0.9999  # EMA of params (paper: 0.9999).
-    t.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard (imports TF on process 0).
+    t.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard (process 0).
+    t.profile_start_step = 0  # Profiler trace (clu Profile) into <workdir>/profile after this step; 0: off.
+    t.profile_num_steps = 5  # Steps the profiler trace covers (clu's default: 5).
     t.stop_check_every = 10  # Multi-host: steps between agreeing on a SIGTERM/SIGINT stop (one sync).
 
     c.optimizer = ml_collections.ConfigDict()
@@ -96,6 +98,12 @@ def get_config() -> ml_collections.ConfigDict:
         ("cond", "fsdp"),
         ("classes", "fsdp"),
     )
+
+    # ------------------------------------------- memory plan (--mode=plan, issue 12)
+    c.plan = ml_collections.ConfigDict()
+    c.plan.devices = 0  # Devices to plan for (0: the devices this process sees).
+    c.plan.device_memory_gb = 0.0  # Memory one device may use, GiB (0: what the device reports; CPU reports none).
+    c.plan.show = 8  # Fitting layouts listed, best first.
 
     # ------------------------------------------------------------- sampling (issue 6)
     c.sample = ml_collections.ConfigDict()

@@ -2,8 +2,8 @@
 
 `sd-jax --config=configs/imagenet512.py --workdir=DIR [--mode=train]` parses flags, initialises
 the distributed runtime and hands over to `sd_jax.main`. Any config field can be overridden:
-`--config.model.dropout=0.1`. Flags are defined when this module is imported, so only the two
-entry points import it.
+`--config.model.dropout=0.1`. Logs are warnings only unless `--verbosity=0` (INFO) or 1
+(DEBUG). Flags are defined when this module is imported, so only the two entry points import it.
 """
 
 import importlib.util
@@ -17,7 +17,8 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "inspect"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "inspect", "plan"],
+                  "What to run.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
@@ -61,6 +62,17 @@ def _config_file_error(config_spec: str) -> str | None:
     return None
 
 
+def quiet_by_default() -> None:
+    """Warnings and errors only, unless --verbosity is given (0: INFO, 1: DEBUG).
+
+    absl raises an unset --verbosity to INFO after parsing, which shows orbax's ~60 INFO lines
+    per checkpoint. Setting it here marks the flag as set; absl then puts the level on the root
+    Python logger (its handler sits there), which orbax's and jax's Python loggers inherit.
+    """
+    if FLAGS["verbosity"].using_default_value:
+        FLAGS.verbosity = -1  # absl's WARNING.
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, but a bad config file or override key is one line on stderr, exit 1."""
     config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
@@ -73,6 +85,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         try:
             rest = FLAGS(argv)
             _ = FLAGS.config.seed  # A config file that failed to load raises only when read.
+            quiet_by_default()
             return rest
         except (AttributeError, KeyError) as e:  # ml_collections: unknown override key.
             message = _unknown_key_message(e, argv)

@@ -26,7 +26,7 @@ from sd_jax.errors import UserError
 from sd_jax.eval import fid, inception
 from sd_jax.paths import as_path, is_uri
 
-MODES = ("train", "sample", "eval", "inspect")
+MODES = ("train", "sample", "eval", "inspect", "plan")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")  # Matmul/conv dtypes the layers support.
 MODEL_PREDICTIONS = ("v", "eps")  # What a network can be trained to output (losses.diffusion_loss).
 
@@ -60,6 +60,7 @@ _NON_NEGATIVE = (
     "train.microbatch_size",  # 0: no gradient accumulation.
     "data.num_workers",  # 0: decode in the training process.
     "optimizer.grad_clip", "optimizer.eps", "sample.guidance_scale",
+    "plan.devices", "plan.device_memory_gb", "plan.show",  # 0: this machine's devices / memory.
 )
 _UNIT_INTERVAL = (  # Probabilities, decays and interpolation weights: in [0, 1].
     "train.label_dropout", "train.ema_decay", "model.dropout", "sample.noise_param",

@@ -1,13 +1,14 @@
 """`--mode=inspect`: parameter overview and forward FLOPs of a config's model, nothing allocated.
 
-Parameters come from `jax.eval_shape(model.init, ...)`; FLOPs from XLA's cost analysis of the
-lowered (not compiled) forward pass at batch 1, so the 2B ImageNet-512 U-ViT is inspected on a
-laptop CPU in seconds. The last stdout line is one JSON object:
+Parameters come from `jax.eval_shape(model.init, ...)` and are counted by `clu.parameter_overview`;
+FLOPs from XLA's cost analysis of the lowered (not compiled) forward pass at batch 1, so the 2B
+ImageNet-512 U-ViT is inspected on a laptop CPU in seconds. The last stdout line is one JSON object:
 `{"params": int, "flops_per_image": float, "gflops_per_image": float, ...}`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -16,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
+from clu import parameter_overview
 
 from sd_jax.models import build_model
 
@@ -33,11 +34,6 @@ def param_shapes(model_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     model = build_model(model_cfg)
     variables = jax.eval_shape(model.init, jax.random.key(0), *_input_structs(model_cfg, 1))
     return nn.unbox(variables)["params"]
-
-
-def count_params(tree: Any) -> int:
-    """Total number of parameters in a pytree of arrays or ShapeDtypeStructs."""
-    return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
 
 
 def forward_flops(model_cfg: ml_collections.ConfigDict, params: Any, batch: int = 1) -> float:
@@ -70,31 +66,42 @@ def _module_order(name: str) -> tuple:
     return (2, int(block.group()) if block else -1, name)
 
 
-def overview_rows(params: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """(name, blocks, params) per top-level module; numbered repeats (transformer0..N) merged."""
+@dataclasses.dataclass
+class ModuleRow:
+    """One row of `parameter_table`: a top-level module (numbered repeats merged)."""
+
+    module: str
+    blocks: int | str  # "" on the total row.
+    params: int
+    share: str
+
+
+def module_rows(params: dict[str, Any]) -> list[ModuleRow]:
+    """Rows per top-level module in data-flow order, numbered repeats (transformer0..N) merged;
+    counts from `clu.parameter_overview.count_parameters`."""
     rows: dict[str, list[int]] = {}
     for name, sub in sorted(params.items(), key=lambda item: _module_order(item[0])):
         key = re.sub(r"^(transformer)\d+$", r"\1*", name)
         entry = rows.setdefault(key, [0, 0])
         entry[0] += 1
-        entry[1] += count_params(sub)
-    return [(k, n, p) for k, (n, p) in rows.items()]
+        entry[1] += int(parameter_overview.count_parameters({name: sub}))
+    total = max(sum(n for _, n in rows.values()), 1)
+    return [ModuleRow(k, blocks, n, f"{n / total:.1%}") for k, (blocks, n) in rows.items()]
 
 
-def format_table(rows: list[tuple[str, int, int]], total: int) -> str:
-    """Markdown-ish table of the overview rows plus the total."""
-    lines = [f"| {'module':<22} | {'blocks':>6} | {'params':>15} | {'share':>6} |",
-             f"|{'-' * 24}|{'-' * 8}|{'-' * 17}|{'-' * 8}|"]
-    for name, blocks, n in rows:
-        lines.append(f"| {name:<22} | {blocks:>6} | {n:>15,} | {n / max(total, 1):>6.1%} |")
-    lines.append(f"| {'total':<22} | {'':>6} | {total:>15,} | {1:>6.1%} |")
-    return "\n".join(lines)
+def parameter_table(params: dict[str, Any]) -> str:
+    """Parameters per top-level module and in all, as a clu table (`make_table`); clu's table of
+    every variable is logged at INFO (`--verbosity=0`). Arrays or ShapeDtypeStructs."""
+    parameter_overview.log_parameter_overview(params, include_stats=False, jax_logging_process=0)
+    total = int(parameter_overview.count_parameters(params))
+    rows = module_rows(params) + [ModuleRow("total", "", total, "100.0%")]
+    return parameter_overview.make_table(rows)
 
 
 def inspect(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Returns the summary dict that `run` prints as its last line (plus the table)."""
     params = param_shapes(config.model)
-    total = count_params(params)
+    total = int(parameter_overview.count_parameters(params))
     flops = forward_flops(config.model, params)
     return {
         "arch": config.model.arch,
@@ -102,7 +109,7 @@ def inspect(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "params": total,
         "flops_per_image": flops,
         "gflops_per_image": round(flops / 1e9, 2),
-        "table": format_table(overview_rows(params), total),
+        "table": parameter_table(params),
     }
 
 

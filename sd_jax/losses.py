@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from sd_jax import schedules
 from sd_jax.errors import UserError
@@ -242,7 +243,8 @@ def diffusion_loss_given_noise(
     step passes `sd_jax.models.loss_name(...)`, which resolves 'auto' from the architecture.
     'constant' weighting is 1 in the loss's own space; 'sigmoid' is `eps_loss_weight`, times
     `alpha^2` for a v-space loss (module docstring), so both spaces give the same objective.
-    aux: `loss_b` (weighted per-example loss), `unweighted_loss`, `logsnr_mean`, `t_b`.
+    aux: `loss_b` (weighted per-example loss), `unweighted_loss_b` (per-example loss before the
+    weighting), `unweighted_loss`, `logsnr_b`, `logsnr_mean`, `t_b`.
     """
     loss = diffusion_cfg.loss if loss is None else loss
     if LOSSES.get(loss) is None:
@@ -279,8 +281,59 @@ def diffusion_loss_given_noise(
     weighted_b = weight_b * loss_b
     aux = {
         "loss_b": weighted_b,
+        "unweighted_loss_b": loss_b,
         "unweighted_loss": jnp.mean(loss_b),
+        "logsnr_b": logsnr_b,
         "logsnr_mean": jnp.mean(logsnr_b),
         "t_b": t_b,
     }
     return jnp.mean(weighted_b), aux
+
+
+LOGSNR_BUCKETS = 8  # Bins of the loss-per-logSNR metric.
+BUCKET_LOSS, BUCKET_COUNT = "loss_logsnr", "count_logsnr"  # Metric name prefixes.
+
+
+def logsnr_bucket_edges(
+    diffusion_cfg: ml_collections.ConfigDict, image_size: int, num: int = LOGSNR_BUCKETS
+) -> np.ndarray:
+    """`num + 1` fixed float64 edges splitting the schedule's logSNR range [lambda(1), lambda(0)]
+    evenly, so the per-bucket curves of one run are comparable across steps."""
+    logsnr_fn = schedules.get_logsnr_fn(diffusion_cfg, image_size)
+    with jax.ensure_compile_time_eval():  # Concrete numbers even when called under jit.
+        low, high = (float(v) for v in logsnr_fn(jnp.asarray([1.0, 0.0], jnp.float32)))
+    return np.linspace(low, high, num + 1)
+
+
+def logsnr_bucket_sums(
+    logsnr_b: jax.Array, values_b: jax.Array, edges: np.ndarray
+) -> tuple[jax.Array, jax.Array]:
+    """Per-bucket sum of `values_b` and example count: float32 [K] each, K = len(edges) - 1.
+
+    Buckets are [edges[k], edges[k + 1]) (the last one closed); a logSNR outside the edges
+    counts in the nearest end bucket. Sums and counts add up over micro-batches and devices;
+    `logsnr_bucket_metrics` turns the totals into means.
+    """
+    inner = jnp.asarray(np.asarray(edges, np.float32)[1:-1])
+    index_b = jnp.searchsorted(inner, logsnr_b.astype(jnp.float32), side="right")
+    one_hot_bk = jax.nn.one_hot(index_b, len(edges) - 1, dtype=jnp.float32)
+    return one_hot_bk.T @ values_b.astype(jnp.float32), jnp.sum(one_hot_bk, axis=0)
+
+
+def logsnr_bucket_names(edges: np.ndarray) -> list[str]:
+    """One name per bucket, its index and range: '3:[-3.8,0.0)'."""
+    pairs = zip(edges[:-1], edges[1:], strict=True)
+    return [f"{k}:[{lo:.1f},{hi:.1f})" for k, (lo, hi) in enumerate(pairs)]
+
+
+def logsnr_bucket_metrics(
+    sums: jax.Array, counts: jax.Array, edges: np.ndarray
+) -> dict[str, jax.Array]:
+    """`loss_logsnr/<bucket>`: mean per bucket (0 for an empty one, whose `count_logsnr/<bucket>`
+    is 0: the logger reports it as missing), never NaN."""
+    means = sums / jnp.maximum(counts, 1.0)
+    metrics = {}
+    for k, name in enumerate(logsnr_bucket_names(edges)):
+        metrics[f"{BUCKET_LOSS}/{name}"] = means[k]
+        metrics[f"{BUCKET_COUNT}/{name}"] = counts[k]
+    return metrics

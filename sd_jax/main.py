@@ -119,6 +119,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str) -> No
 
         inspect_model.run(config)
         return
+    if mode == "plan":
+        from sd_jax import plan
+
+        plan.run(config)
+        return
     if workdir is None:
         raise UserError(f"--workdir is required for --mode={mode}")
     # Train creates the workdir; sample and eval need one that exists (with checkpoints or
@@ -149,7 +154,7 @@ def run_cli(
     """launch.py's body: a UserError becomes one line on stderr and exit status 1."""
     try:
         init_distributed(coordinator_address, num_processes, process_id)
-        if mode != "inspect":
+        if mode not in ("inspect", "plan"):
             log_devices()
         run(config, workdir, mode)
     except UserError as e:

@@ -26,7 +26,11 @@ BATCH_AXES = ("data", "fsdp")
 def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices: Sequence[Any] | None = None) -> Mesh:
     """Builds the `('data', 'fsdp')` mesh; one axis may be -1 (all devices left over)."""
     devices = list(jax.devices() if devices is None else devices)
-    n = len(devices)
+    return Mesh(_device_grid(mesh_sizes(mesh_cfg, len(devices)), devices), MESH_AXES)
+
+
+def mesh_sizes(mesh_cfg: ml_collections.ConfigDict, n: int) -> list[int]:
+    """`[data, fsdp]` for `n` devices, with a -1 resolved; raises UserError if they do not fit."""
     sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp)]
     if sizes.count(-1) > 1:
         raise UserError("at most one of config.mesh.data / config.mesh.fsdp may be -1")
@@ -39,7 +43,7 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices: Sequence[Any] | None
         raise UserError(
             f"config.mesh data={sizes[0]} x fsdp={sizes[1]} must multiply to the {n} devices"
         )
-    return Mesh(_device_grid(sizes, devices), MESH_AXES)
+    return sizes
 
 
 def _device_grid(sizes: Sequence[int], devices: Sequence[Any]) -> np.ndarray:

@@ -92,14 +92,20 @@ def dropout_key(step_key: jax.Array) -> jax.Array:
     return jax.random.fold_in(step_key, 3)
 
 
-def microbatch_metrics(aux: dict[str, jax.Array], batch_size: int) -> Metrics:
+def microbatch_metrics(aux: dict[str, jax.Array], batch_size: int,
+                       diffusion_cfg: ml_collections.ConfigDict, image_size: int) -> Metrics:
     """One micro-batch's contributions to the step's metrics, from the loss's `aux` (per-example
     arrays of this micro-batch). The step SUMS every leaf over the micro-batches, so each entry
     must be additive: a sum over this micro-batch's rows (divided by the global `batch_size` for
-    a global mean, as `loss`), or a count; any pytree sums. The logger writes each entry as one
-    float, so add a new metric as scalar entries (e.g. one key per logSNR bucket), computed from
-    `aux` (extend `losses.diffusion_loss_given_noise`'s aux if it lacks a per-example input)."""
-    return {"loss": jnp.sum(aux["loss_b"]) / batch_size}
+    a global mean, as `loss`), or a count; any pytree sums. A new metric: add its sums here,
+    computed from `aux` (extend `losses.diffusion_loss_given_noise`'s aux if it lacks a
+    per-example input), and, unless it is already a scalar the logger can write, turn the sums
+    into scalar metrics in `train_step` (as the per-bucket sums and counts are)."""
+    # Sums and counts (not means) per logSNR bucket, so that micro-batches simply add up.
+    edges = losses.logsnr_bucket_edges(diffusion_cfg, image_size)
+    sums, counts = losses.logsnr_bucket_sums(aux["logsnr_b"], aux["unweighted_loss_b"], edges)
+    return {"loss": jnp.sum(aux["loss_b"]) / batch_size, "bucket_sums": sums,
+            "bucket_counts": counts}
 
 
 def loss_and_grads(
@@ -152,7 +158,7 @@ def loss_and_grads(
         _, aux = losses.diffusion_loss_given_noise(
             denoise_fn, x0_bhwc, mb["label"], mb["t"], eps_bhwc, config.diffusion,
             m_cfg.image_size, m_cfg.prediction, loss=loss_kind)
-        metrics = microbatch_metrics(aux, batch_size)
+        metrics = microbatch_metrics(aux, batch_size, config.diffusion, m_cfg.image_size)
         return metrics["loss"], metrics  # This micro-batch's share of the mean.
 
     def micro_step(mb: Batch) -> tuple[Metrics, Any]:
@@ -188,13 +194,16 @@ def train_step(
     """One optimizer step and one EMA update on the global `batch` (module docstring).
 
     `rng` is the run's base key; the step's randomness is `fold_in(rng, state.step)`, so a resumed
-    run draws exactly the numbers an uninterrupted one would. Metrics are the global batch's:
-    those of `microbatch_metrics` summed over micro-batches (`loss`: mean weighted loss),
-    `grad_norm` (of the mean gradient, before clipping) and `learning_rate`.
+    run draws exactly the numbers an uninterrupted one would. Metrics, all of the whole global
+    batch: `loss` (weighted), `unweighted_loss`, `grad_norm`, `learning_rate` and the unweighted
+    loss per logSNR bucket (`losses.logsnr_bucket_metrics`), from `microbatch_metrics` summed
+    over the micro-batches.
     """
     step_key = jax.random.fold_in(rng, state.step)
     summed, grads = loss_and_grads(state.params, batch, step_key, model=model, config=config,
                                    param_shardings=param_shardings)
+    sums, counts = summed.pop("bucket_sums"), summed.pop("bucket_counts")
+    edges = losses.logsnr_bucket_edges(config.diffusion, config.model.image_size)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(
@@ -205,8 +214,10 @@ def train_step(
     )
     metrics = {
         **summed,  # `loss` and whatever else `microbatch_metrics` sums.
+        "unweighted_loss": jnp.sum(sums) / jnp.sum(counts),
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": learning_rate_fn(config.optimizer)(state.step),
+        **losses.logsnr_bucket_metrics(sums, counts, edges),
     }
     return new_state, metrics
 

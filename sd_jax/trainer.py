@@ -13,9 +13,19 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
-from sd_jax import checkpointing, data, images, metrics_io, models, paths, sharding, train_state
+from sd_jax import (
+    checkpointing,
+    data,
+    images,
+    inspect_model,
+    metrics_io,
+    models,
+    paths,
+    sharding,
+    train_state,
+)
 from sd_jax.errors import UserError
-from sd_jax.generate import generate
+from sd_jax.generate import Sampler
 from sd_jax.train_step import make_train_step
 
 TRAIN_RNG, SAMPLE_RNG = 1, 2  # fold_in tags of the seed's key (the key itself inits params).
@@ -30,17 +40,20 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def save_sample_grid(
-    model: Any, params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int,
-    workdir: epath.Path,
+    params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int, workdir: epath.Path,
+    logger: metrics_io.MetricsLogger | None = None,
 ) -> epath.Path | None:
-    """Samples `train.sample_grid_size` images (classes cycled) into samples/step_<step>.png."""
+    """Samples `train.sample_grid_size` images (classes cycled) into samples/step_<step>.png
+    and, given `logger`, TensorBoard's images as 'samples'."""
     n, num_classes = config.train.sample_grid_size, config.model.num_classes
     labels = np.arange(n) % num_classes if num_classes else np.zeros(n, np.int32)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), SAMPLE_RNG)  # Same noise each time.
-    x_bhwc = generate(model, params, rng, labels, config, mesh)
+    x_bhwc = Sampler.from_config(config, mesh).generate(params, rng, labels)
     if jax.process_index() != 0:
         return None
     grid = images.make_grid(images.to_uint8(x_bhwc), ncols=num_classes or None)
+    if logger is not None:
+        logger.write_images(step, {"samples": grid})
     return images.save_png(grid, workdir / "samples" / f"step_{step:08d}.png")
 
 
@@ -57,9 +70,9 @@ def divergence_advice(step: int, resumed: tuple[int, epath.Path] | None) -> str:
 class _LaggedMetrics:
     """Holds a step's device metrics and reads them only after the next step is dispatched."""
 
-    def __init__(self, logger: metrics_io.MetricsLogger, log_every: int, num_steps: int,
+    def __init__(self, logger: metrics_io.MetricsLogger,
                  resumed: tuple[int, epath.Path] | None = None):
-        self.logger, self.log_every, self.num_steps = logger, log_every, num_steps
+        self.logger = logger
         self.resumed = resumed
         self.pending: tuple[int, dict[str, jax.Array]] | None = None
 
@@ -69,15 +82,14 @@ class _LaggedMetrics:
         self.pending = (step, metrics)
 
     def flush(self) -> None:
-        """Reads the held metrics now (waits for that step)."""
+        """Reads the held metrics now (waits for that step) and hands them to the logger."""
         if self.pending is None:
             return
         step, metrics = self.pending
         self.pending = None
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
         metrics_io.check_finite(step, host["loss"], divergence_advice(step, self.resumed))
-        if step % self.log_every == 0 or step == self.num_steps:
-            self.logger.log(step, host)
+        self.logger.record(step, host)  # Every step: clu's ReportProgress times each one.
 
 
 def _periodic_fid(config: ml_collections.ConfigDict) -> Any:
@@ -124,6 +136,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
     fid = _periodic_fid(config)  # Fails fast on missing weights / reference, before training.
+    profiler = metrics_io.make_profiler(t, workdir)  # Fails fast on bad steps; starts nothing.
     loader = data.build_loader(config)
     model = models.build_model(config.model)
     tx = train_state.make_optimizer(config.optimizer)
@@ -135,17 +148,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
         loader.close()
         raise
     if jax.process_index() == 0:
-        print(metrics_io.param_overview(state.params), flush=True)
+        print(inspect_model.parameter_table(state.params), flush=True)
     step_fn = make_train_step(model, tx, config, mesh, shardings)
     train_rng = jax.device_put(
         jax.random.fold_in(jax.random.PRNGKey(config.seed), TRAIN_RNG), sharding.replicated(mesh)
     )
     logger = metrics_io.MetricsLogger(
-        workdir, num_steps=t.num_steps, batch_size=t.batch_size, start_step=start,
-        tensorboard=t.tensorboard,
+        workdir, num_steps=t.num_steps, batch_size=t.batch_size, log_every=max(int(t.log_every), 1),
+        start_step=start, tensorboard=t.tensorboard,
     )
     resumed = (start, ckpt.directory / str(start)) if start else None
-    lagged = _LaggedMetrics(logger, max(int(t.log_every), 1), t.num_steps, resumed)
+    lagged = _LaggedMetrics(logger, resumed)
     stop = checkpointing.StopSignal(t.stop_check_every)
 
     def save(step: int) -> None:
@@ -161,6 +174,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
             state, metrics = step_fn(state, sharding.global_batch(batch, mesh), train_rng)
             step = index + 1  # Steps done, as in checkpoints and metrics.jsonl.
             lagged.push(step, metrics)
+            if profiler is not None:
+                profiler(step)
             # Asked every step on every process (the sync point is agreed on by step number).
             preempted = ckpt.reached_preemption(step)
             signalled = stop.should_stop(step)
@@ -168,15 +183,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
             if step % t.checkpoint_every == 0 or step == t.num_steps or stopping:
                 save(step)
             if t.sample_every and (step % t.sample_every == 0 or step == t.num_steps):
-                save_sample_grid(model, state.ema_params, config, mesh, step, workdir)
+                save_sample_grid(state.ema_params, config, mesh, step, workdir, logger)
             if fid is not None:  # All processes, same steps: sampling is a collective.
-                fid.maybe_fid(step, model, state.ema_params, config, mesh, workdir)
+                fid.maybe_fid(step, state.ema_params, config, mesh, workdir)
             if stopping:
                 why = "by signal" if signalled else "at the preemption sync point"
                 print(f"stopped {why} at step {step}; checkpoint saved", flush=True)
                 break
         lagged.flush()
     finally:
+        if profiler is not None:
+            profiler.close()
         stop.close()
         ckpt.close()
         logger.close()

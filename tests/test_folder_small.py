@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+from clu.parameter_overview import count_parameters
 from PIL import Image
 from test_train_e2e import FAST_COMPILE
 from utils import config_args, run_launch, tiny_config
@@ -16,7 +17,7 @@ from utils import config_args, run_launch, tiny_config
 from configs import folder_small
 from sd_jax.config_validation import validate
 from sd_jax.data import build_loader
-from sd_jax.inspect_model import count_params, param_shapes
+from sd_jax.inspect_model import param_shapes
 
 
 def write_images(folder, n: int = 6) -> None:
@@ -28,7 +29,7 @@ def write_images(folder, n: int = 6) -> None:
 
 def test_folder_small_is_a_small_uvit_for_any_folder(tmp_path):
     config = folder_small.get_config()
-    assert 10e6 <= count_params(param_shapes(config.model)) <= 50e6
+    assert 10e6 <= count_parameters(param_shapes(config.model)) <= 50e6
     assert config.model.arch == "uvit" and config.model.image_size in (64, 128)
     write_images(tmp_path)
     config.data.folder = str(tmp_path)

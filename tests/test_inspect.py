@@ -22,7 +22,7 @@ def last_json(text: str) -> dict:
 
 
 def test_inspect_params_match_real_init(capsys):
-    config = tiny_config("imagenet256", "uvit")
+    config = tiny_config("imagenet256", "uvit", transformer_depth=2)
     inspect_model.run(config)
     out = capsys.readouterr().out
     summary = last_json(out)
@@ -32,6 +32,15 @@ def test_inspect_params_match_real_init(capsys):
     assert summary["params"] == sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     assert summary["flops_per_image"] > 0
     assert "transformer*" in out and "total" in out
+    # The per-module roll-up of clu's counts, against the real arrays' sizes.
+    rows = inspect_model.module_rows(inspect_model.param_shapes(config.model))
+    real = {}
+    for name, sub in params.items():
+        group = "transformer*" if name.startswith("transformer") else name
+        real[group] = real.get(group, 0) + sum(int(np.prod(x.shape)) for x in jax.tree.leaves(sub))
+    assert {r.module: r.params for r in rows} == real
+    depth = config.model.transformer_depth
+    assert next(r.blocks for r in rows if r.module == "transformer*") == depth > 1
 
 
 def test_flops_scale_with_batch_and_depth():

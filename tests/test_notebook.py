@@ -45,7 +45,7 @@ def test_notebook_runs_end_to_end(tmp_path, tmp_path_factory, monkeypatch):
         if out.get("output_type") == "stream"
     )
     assert "devices: [CpuDevice(id=0)]" in text
-    assert "step 2/2" in text and ".npz (4, 16, 16, 3) uint8" in text
+    assert "step 2: loss" in text and "100.0% (2/2)" in text and ".npz (4, 16, 16, 3) uint8" in text
     assert "evaluation: " in text
     assert "jax imported in the kernel: False" in text
     shown = [c for c in nb.cells for out in c.get("outputs", [])

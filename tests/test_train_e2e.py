@@ -6,7 +6,9 @@ All children share one persistent compilation cache, so a program compiled once 
 train step, say) is not compiled again by the resumed or preempted runs.
 """
 
+import io
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -232,7 +234,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_sync_point(workdir, c
         for i in range(2)
     ]
     for line in procs[0].stdout:  # Only process 0 logs steps.
-        if line.startswith("step 3/"):
+        if line.startswith("step 3:"):
             procs[1].send_signal(signal.SIGTERM)
             break
     outs = [p.communicate(timeout=300) for p in procs]
@@ -251,7 +253,7 @@ def test_sigterm_saves_and_restart_continues(one_device_runs, workdir, cache_dir
         cwd=REPO, env=child_env(1) | fast_env(cache_dir, 1), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
-        if line.startswith("step 3/"):
+        if line.startswith("step 3:"):
             proc.send_signal(signal.SIGTERM)
             break
     out, err = proc.communicate(timeout=300)
@@ -264,3 +266,44 @@ def test_sigterm_saves_and_restart_continues(one_device_runs, workdir, cache_dir
     assert f"resuming from step {stopped}" in out
     assert steps_on_disk(path) == [stopped, stopped + 2]
     assert sorted(losses(path))[-2:] == [stopped + 1, stopped + 2]
+
+
+PYTHON_INFO = re.compile(r"^I\d{4} [\d:.]+ +\d+ \S+\.py:\d+\]", re.MULTILINE)  # absl's format.
+
+
+def test_launch_is_quiet_one_line_per_log_step_and_profiles(workdir, cache_dir):
+    """Default: stdout is the devices line, the parameter table and one line per log step; no
+    Python INFO log line. A profiler trace of the configured steps. --verbosity=1: orbax's INFO
+    lines (its checkpoint manager's) appear."""
+    path = workdir / "quiet"
+    cfg = tiny_config(**{"train.num_steps": 4, "train.log_every": 2, "train.checkpoint_every": 2,
+                         "train.profile_start_step": 1, "train.profile_num_steps": 2,
+                         "train.sample_every": 4, "train.tensorboard": True})
+    proc = run_launch([*config_args(cfg), f"--workdir={path}"], 1,
+                      env_extra=fast_env(cache_dir, 1))
+    lines = check(proc).splitlines()
+    table = [line for line in lines if line[:1] in "+|"]
+    assert lines[0] == "process 0/1: 1 local cpu devices of 1"
+    assert lines[1:1 + len(table)] == table and "| total" in table[-2], lines
+    steps = lines[1 + len(table):]
+    assert [line.split(":")[0] for line in steps] == ["step 2", "step 4"], lines
+    assert "100.0% (4/4), ETA: 0m" in steps[1]  # clu's ReportProgress note.
+    assert not PYTHON_INFO.search(proc.stderr), proc.stderr[-3000:]
+    assert list((path / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    # TensorBoard holds the sample grid as an image, the same pixels as the PNG file.
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.util import tensor_util
+
+    (events,) = (path / "tensorboard").glob("events.out.tfevents.*")
+    pngs = [tensor_util.make_ndarray(v.tensor)[2] for e in
+            event_file_loader.EventFileLoader(str(events)).Load()
+            for v in e.summary.value if v.tag == "samples" and e.step == 4]
+    board = np.asarray(Image.open(io.BytesIO(pngs[0])))
+    assert np.array_equal(board, np.asarray(Image.open(path / "samples" / "step_00000004.png")))
+
+    more = tiny_config(**{"train.num_steps": 5, "train.log_every": 2, "train.checkpoint_every": 2})
+    proc = run_launch([*config_args(more), f"--workdir={path}", "--verbosity=1"], 1,
+                      env_extra=fast_env(cache_dir, 1))
+    assert "resuming from step 4" in check(proc)
+    orbax = [m for m in PYTHON_INFO.finditer(proc.stderr) if "checkpoint_manager.py" in m[0]]
+    assert orbax, proc.stderr[-3000:]

@@ -51,10 +51,10 @@ def loss_and_grads(cfg, params, batch):
     return fn(params, batch, jax.random.PRNGKey(3))
 
 
-def with_extra_metrics(aux, batch_size):
+def with_extra_metrics(aux, batch_size, *args):
     """The step's metrics plus two a user might add: a count and a per-bucket vector of sums."""
     buckets = jnp.minimum((aux["t_b"] * 3).astype(jnp.int32), 2)
-    return {**real_microbatch_metrics(aux, batch_size), "rows": jnp.float32(len(aux["t_b"])),
+    return {**real_microbatch_metrics(aux, batch_size, *args), "rows": jnp.float32(len(aux["t_b"])),
             "t_by_bucket": jnp.zeros(3).at[buckets].add(aux["t_b"])}
 
 

@@ -1,5 +1,6 @@
-"""Unit tests of the training pieces, in-process on one CPU device (budget: ~15 s)."""
+"""Unit tests of the training pieces, in-process on one CPU device (budget: ~25 s)."""
 
+import io
 import json
 import shutil
 import types
@@ -9,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from utils import tiny_config
+from PIL import Image
+from utils import U32, float32_sum_error, tiny_config
 
 from sd_jax import (
     checkpoint_integrity,
@@ -86,15 +88,24 @@ def test_label_dropout_and_ema():
 
 
 def test_metrics_logger_records_and_resume_truncation(tmp_path, capsys):
-    log = metrics_io.MetricsLogger(tmp_path, num_steps=10, batch_size=8, tensorboard=False)
-    for step in (2, 4, 6):
-        log.log(step, {"loss": 0.5, "grad_norm": 1.0, "learning_rate": 1e-3})
+    log = metrics_io.MetricsLogger(tmp_path, num_steps=7, batch_size=8, log_every=2,
+                                   tensorboard=False)
+    bucket = {"loss_logsnr/0:[-1.0,0.0)": 0.7, "count_logsnr/0:[-1.0,0.0)": 3.0,
+              "loss_logsnr/1:[0.0,1.0)": 0.0, "count_logsnr/1:[0.0,1.0)": 0.0}
+    logged = [log.record(step, {"loss": 0.5, "grad_norm": 1.0, "learning_rate": 1e-3, **bucket})
+              for step in range(1, 8)]
     log.close()
+    assert [r is not None for r in logged] == [False, True, False, True, False, True, True]
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [2, 4, 6]
-    assert {"loss", "learning_rate", "grad_norm", "steps_per_sec", "images_per_sec"} <= set(
-        records[0])
-    assert "ETA" in capsys.readouterr().out
+    assert [r["step"] for r in records] == [2, 4, 6, 7]  # Every 2 steps, and the last one.
+    for r in records:  # clu's ReportProgress: steps/s over the steps since the last report.
+        assert r["images_per_sec"] == pytest.approx(8 * r["steps_per_sec"]) and r["uptime"] > 0
+        # The empty bucket is missing rather than 0; counts are not metrics.
+        assert r["loss_logsnr/0:[-1.0,0.0)"] == 0.7 and "loss_logsnr/1:[0.0,1.0)" not in r
+        assert not any(k.startswith("count_logsnr") for k in r)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("step 2: loss 0.5000")
+    assert "57.1% (4/7), ETA:" in lines[1] and "100.0% (7/7)" in lines[3]  # clu's own note.
     metrics_io.MetricsLogger(tmp_path, num_steps=10, batch_size=8, start_step=4,
                              tensorboard=False).close()
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -102,15 +113,50 @@ def test_metrics_logger_records_and_resume_truncation(tmp_path, capsys):
     with pytest.raises(UserError, match="at step 7"):
         metrics_io.check_finite(7, float("nan"))
     metrics_io.check_finite(7, 0.3)
-    assert "total" in metrics_io.param_overview({"a": {"w": np.zeros((2, 3))}, "b": np.zeros(4)})
 
 
-def test_tensorboard_writer(tmp_path):
+def test_tensorboard_gets_scalars_bucket_names_and_sample_grids(tmp_path):
     pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.util import tensor_util
+
     log = metrics_io.MetricsLogger(tmp_path, num_steps=4, batch_size=8, tensorboard=True)
-    log.log(1, {"loss": 0.5})
+    log.record(1, {"loss": 0.5, "loss_logsnr/3:[-3.8,0.0)": 0.25})
+    grid = np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    log.write_images(1, {"samples": grid})
     log.close()
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    values = {v.tag: tensor_util.make_ndarray(v.tensor)
+              for e in event_file_loader.EventFileLoader(str(events)).Load()
+              for v in e.summary.value}
+    assert values["loss"] == 0.5 and values["loss_logsnr/3:[-3.8,0.0)"] == 0.25
+    width, height, png = values["samples"]  # TensorBoard's image summary: size and PNG bytes.
+    assert (int(width), int(height)) == (10, 6)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), grid)
+
+
+def test_train_step_metrics_cover_the_global_batch():
+    """Bucket counts add up to the batch; the unweighted loss is their weighted mean, and with
+    the sigmoid weighting differs from the loss."""
+    from sd_jax import models
+
+    cfg = tiny_config(**{"diffusion.loss_weighting": "sigmoid"})
+    model, tx = models.build_model(cfg.model), train_state.make_optimizer(cfg.optimizer)
+    mesh = sharding.make_mesh(cfg.mesh)
+    state, _ = train_state.create_train_state(model, tx, cfg, mesh)
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (8, 8, 8, 3)), jnp.uint8),
+             "flip": jnp.asarray(rng.random(8) < 0.5),
+             "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32)}
+    _, metrics = train_step.train_step(state, batch, jax.random.key(0), model=model, tx=tx,
+                                       config=cfg)
+    m = {k: float(v) for k, v in metrics.items()}
+    counts = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("count_logsnr/")}
+    assert len(counts) == 8 and sum(counts.values()) == 8
+    weighted = sum(m[f"loss_logsnr/{name}"] * n for name, n in counts.items()) / 8
+    # float32 on the device: 8 bucket sums added, one division; each mean one rounding more.
+    assert weighted == pytest.approx(m["unweighted_loss"], rel=float32_sum_error(8) + 2 * U32)
+    assert m["unweighted_loss"] != pytest.approx(m["loss"], rel=1e-3)
 
 
 def _tree(value: float):
