@@ -104,19 +104,21 @@ def time_calls(fn: Any, n: int) -> list[float]:
 
 
 def synthetic_batch(config: Any, batch_size: int, mesh: Any) -> dict[str, jax.Array]:
-    """Random images in [-1, 1] and labels, created directly in their batch sharding."""
+    """Random uint8 images, flips and labels (the train step's batch contract), created
+    directly in their batch sharding."""
     from sd_jax import sharding
 
     m = config.model
     shape = (batch_size, m.image_size, m.image_size, m.image_channels)
-    rng_image, rng_label = jax.random.split(jax.random.PRNGKey(1))
+    rng_image, rng_flip, rng_label = jax.random.split(jax.random.PRNGKey(1), 3)
     data = sharding.batch_sharding(mesh)
     make = jax.jit(
         lambda: {
-            "image": jax.random.uniform(rng_image, shape, jnp.float32, -1.0, 1.0),
+            "image": jax.random.randint(rng_image, shape, 0, 256).astype(jnp.uint8),
+            "flip": jax.random.bernoulli(rng_flip, 0.5, (batch_size,)),
             "label": jax.random.randint(rng_label, (batch_size,), 0, max(m.num_classes, 1)),
         },
-        out_shardings={"image": data, "label": data},
+        out_shardings={"image": data, "flip": data, "label": data},
     )
     return make()
 

@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sd_jax import models, sampling, sharding
+from sd_jax.models.layers import cast_params
 
 
 def _is_float(x: Any) -> bool:
@@ -32,7 +33,7 @@ def _is_float(x: Any) -> bool:
 def _cast(params: Any, dtype: jnp.dtype) -> Any:
     # A program of its own, so each device casts the shard it holds: inside the sampler program
     # XLA would move the cast after the gather and gather float32.
-    return jax.tree.map(lambda p: p.astype(dtype) if _is_float(p) else p, params)
+    return cast_params(params, dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "model_spec", "mesh"))

@@ -171,9 +171,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
 
     try:
         for index, batch in loader.iterate(start, t.num_steps):
-            # uint8 + flip -> float32 [-1, 1] on the host until the train step takes the
-            # loader's batch contract itself (normalising and flipping on the device).
-            batch = data.preprocess.normalize(batch)
             state, metrics = step_fn(state, sharding.global_batch(batch, mesh), train_rng)
             step = index + 1  # Steps done, as in checkpoints and metrics.jsonl.
             lagged.push(step, metrics)

@@ -70,7 +70,7 @@ class UNet(nn.Module):
         x = z_bhwc.astype(jnp.float32)
         if not learned:
             x = transforms.forward(x, spec.input_transform, spec.patch_size)
-        emb = layers.ConditionEmbedding(spec.emb_dim, spec.num_classes, name="cond")(
+        emb = layers.ConditionEmbedding(spec.emb_dim, spec.num_classes, dtype, name="cond")(
             logsnr_b, labels_b)
         levels = spec.levels()
         stem_kernel, stem_stride = (spec.patch_size, spec.patch_size) if learned else (3, 1)
@@ -99,10 +99,13 @@ class UNet(nn.Module):
                 h = up(h - after) + before if self.residual_skips else up(h)
             h, _ = self.level_blocks(h, emb, train, level, f"up{i}", skips)
 
-        h = nn.swish(layers.group_norm(h.shape[-1], name="out_norm")(h))
+        # The output head runs in float32; its kernel is replicated (layers.NORM_AXIS).
+        h = nn.swish(layers.group_norm(h.shape[-1], jnp.float32, name="out_norm")(h))
+        head = dict(zero=True, in_name=layers.NORM_AXIS, out_name=layers.NORM_AXIS,
+                    name="out_conv")
         if learned:
             return layers.conv_transpose(spec.image_channels, spec.patch_size, jnp.float32,
-                                         zero=True, name="out_conv")(h).astype(jnp.float32)
-        out = layers.conv(x.shape[-1], 3, jnp.float32, zero=True, name="out_conv")(h)
+                                         **head)(h).astype(jnp.float32)
+        out = layers.conv(x.shape[-1], 3, jnp.float32, **head)(h)
         out = transforms.inverse(out, spec.input_transform, spec.patch_size)
         return out.astype(jnp.float32)
