@@ -16,7 +16,7 @@ step, times it, and prints a summary and one JSON line with every figure:
 - Compile time (with `--compilation_cache=DIR`, JAX's persistent cache, so a rerun skips it),
   XLA's memory analysis of the step and `--mode=plan`'s estimate for the same layout, peak
   memory, and the bytes of each collective per step from the optimised HLO (`xla_stats`).
-- Sampling images/s, measured: the real sampler (`generate.generate`, guidance included) compiled
+- Sampling images/s, measured: the real sampler (`generate.Sampler`, guidance included) compiled
   with `--sample_timed_steps` steps and timed, then scaled to `sample.num_steps` steps.
 """
 
@@ -104,19 +104,21 @@ def time_calls(fn: Any, n: int) -> list[float]:
 
 
 def synthetic_batch(config: Any, batch_size: int, mesh: Any) -> dict[str, jax.Array]:
-    """Random images in [-1, 1] and labels, created directly in their batch sharding."""
+    """Random uint8 images, flips and labels (the train step's batch contract), created
+    directly in their batch sharding."""
     from sd_jax import sharding
 
     m = config.model
     shape = (batch_size, m.image_size, m.image_size, m.image_channels)
-    rng_image, rng_label = jax.random.split(jax.random.PRNGKey(1))
+    rng_image, rng_flip, rng_label = jax.random.split(jax.random.PRNGKey(1), 3)
     data = sharding.batch_sharding(mesh)
     make = jax.jit(
         lambda: {
-            "image": jax.random.uniform(rng_image, shape, jnp.float32, -1.0, 1.0),
+            "image": jax.random.randint(rng_image, shape, 0, 256).astype(jnp.uint8),
+            "flip": jax.random.bernoulli(rng_flip, 0.5, (batch_size,)),
             "label": jax.random.randint(rng_label, (batch_size,), 0, max(m.num_classes, 1)),
         },
-        out_shardings={"image": data, "label": data},
+        out_shardings={"image": data, "flip": data, "label": data},
     )
     return make()
 
@@ -146,16 +148,17 @@ class Bench:
         if timed_steps <= 0:
             return {"sample_images_per_s": None}
         if batch not in self.samplers:
-            from sd_jax import generate
+            from sd_jax.generate import Sampler
 
             config = self.config.copy_and_resolve_references()
             config.sample.num_steps = timed_steps
             labels = [i % max(config.model.num_classes, 1) for i in range(batch)]
             rng = jax.random.PRNGKey(2)
+            sampler = Sampler.from_config(config, self.mesh)
+            params = sampler.prepare(self.state.ema_params)  # Cast once, as sample mode does.
 
             def call() -> Any:
-                return generate.generate(self.model, self.state.ema_params, rng, labels, config,
-                                         self.mesh)
+                return sampler.generate(params, rng, labels)
 
             call()  # Compile.
             loop_s = statistics.median(time_calls(call, 3))

@@ -47,13 +47,13 @@ def sweep(config, workdir: str, scales: list[float]) -> list[dict]:
     """Samples and evaluates each guidance scale; returns one row per scale."""
     evaluate.check_reference(config.eval.reference_npz)  # Fail before sampling for hours.
     extract_fn, batch_size = evaluate.build_extractor(config.eval)
-    model, params, mesh, step = sample_mode.load_for_sampling(config, workdir)
+    params, mesh, step = sample_mode.load_for_sampling(config, workdir)
     reference = evaluate.reference_stats(config.eval.reference_npz, extract_fn, batch_size,
                                          config.eval.sfid)
     rows = []
     for scale in scales:
         scale_config = sample_mode.with_overrides(config, guidance_scale=scale)
-        path = sample_mode.write_samples(model, params, scale_config, mesh, step, workdir)
+        path = sample_mode.write_samples(params, scale_config, mesh, step, workdir)
         results = evaluate.evaluate(path, reference, extract_fn, config.eval, batch_size)
         results.update(guidance_scale=scale, samples=path.name, step=step)
         evaluate.write_results(workdir, path.stem, results, step)

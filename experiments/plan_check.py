@@ -43,7 +43,8 @@ def compiled_step_bytes(config: Any) -> int:
     step = train_step.make_train_step(model, tx, config, mesh, shardings)
     m, b, data = config.model, config.train.batch_size, sharding.batch_sharding(mesh)
     batch = {"image": jax.ShapeDtypeStruct((b, m.image_size, m.image_size, m.image_channels),
-                                           jnp.float32, sharding=data),
+                                           jnp.uint8, sharding=data),
+             "flip": jax.ShapeDtypeStruct((b,), bool, sharding=data),
              "label": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=data)}
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
     return compiled_memory_bytes(step.lower(abstract, batch, rng).compile())

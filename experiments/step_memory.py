@@ -39,7 +39,8 @@ def step_memory(config, batch_size: int) -> dict[str, float]:
     abstract, shardings = train_state.state_shardings(model, tx, config, mesh)
     step = make_train_step(model, tx, config, mesh, shardings)
     s = config.model.image_size
-    batch = {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
+    batch = {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.uint8),
+             "flip": jax.ShapeDtypeStruct((batch_size,), bool),
              "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
     m = step.lower(abstract, batch, rng).compile().memory_analysis()

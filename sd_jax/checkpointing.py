@@ -27,6 +27,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -38,7 +39,7 @@ from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
 from sd_jax import checkpoint_integrity as integrity
-from sd_jax import paths
+from sd_jax import paths, sharding
 from sd_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -269,26 +270,38 @@ def check_meta(meta: dict[str, Any], config: ml_collections.ConfigDict) -> None:
             )
 
 
-def restore_inference_params(
-    workdir: str | os.PathLike, config: ml_collections.ConfigDict, mesh: Mesh, use_ema: bool = True
-) -> tuple[Any, int]:
-    """Restores only the (EMA) params of the newest intact checkpoint, sharded for `mesh`.
+def abstract_params(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
+    """The params of `config.model` as ShapeDtypeStructs carrying their shardings on `mesh`.
 
-    Returns (params, step). Raises UserError if the workdir holds no checkpoint, or if the
-    checkpoint's params do not fit `config.model` exactly (no partial restore).
+    Traced with `jax.eval_shape` (nothing allocated); no optimizer is built.
     """
     from sd_jax import models, train_state
 
+    model = models.build_model(config.model)
+    boxed = jax.eval_shape(lambda r: train_state.init_variables(model, config, r),
+                           jax.random.PRNGKey(config.seed))
+    shardings = sharding.tree_shardings(boxed, mesh, sharding.rules_from_config(config))
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        nn.meta.unbox(boxed), shardings)
+
+
+def restore_inference_params(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, mesh: Mesh, use_ema: bool = True
+) -> tuple[Any, int]:
+    """Restores only the EMA (or, `use_ema=False`, raw) params of the newest intact checkpoint,
+    sharded for `mesh`: the optimizer state is neither built nor read.
+
+    Returns (params, step). Raises UserError if the workdir holds no checkpoint, or if the
+    checkpoint's params do not fit `config.model` exactly (checked before any array is read);
+    params whose checksums differ from the saved ones make it fall back to an older checkpoint.
+    """
     directory = checkpoint_dir(workdir)
     ckpt = Checkpointer(workdir, read_only=True) if directory.is_dir() else None
     if ckpt is None or ckpt.latest_step() is None:
         raise UserError(f"no checkpoint in {directory}; train first (--mode=train)")
-    model = models.build_model(config.model)
-    tx = train_state.make_optimizer(config.optimizer)
-    abstract, _ = train_state.state_shardings(model, tx, config, mesh)
     key = "ema_params" if use_ema else "params"
     try:
-        found = ckpt.restore_newest_intact({key: getattr(abstract, key)}, config.model,
+        found = ckpt.restore_newest_intact({key: abstract_params(config, mesh)}, config.model,
                                            partial=True)
     finally:
         ckpt.close()

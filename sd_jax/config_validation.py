@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import ml_collections
 from etils import epath
 
@@ -56,9 +57,9 @@ _POSITIVE = (  # Counts, periods and sizes: a 0 would divide by zero or do nothi
 )
 _NON_NEGATIVE = (
     "train.sample_every", "eval.fid_every", "optimizer.warmup_steps", "optimizer.weight_decay",
+    "train.microbatch_size",  # 0: no gradient accumulation.
     "data.num_workers",  # 0: decode in the training process.
     "optimizer.grad_clip", "optimizer.eps", "sample.guidance_scale",
-    "train.microbatch_size",  # 0: no gradient accumulation.
     "plan.devices", "plan.device_memory_gb", "plan.show",  # 0: this machine's devices / memory.
 )
 _UNIT_INTERVAL = (  # Probabilities, decays and interpolation weights: in [0, 1].
@@ -141,6 +142,22 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
         raise UserError("at most one of config.mesh.data / config.mesh.fsdp may be -1")
 
 
+def check_microbatch(train_cfg: ml_collections.ConfigDict, num_devices: int | None) -> None:
+    """UserError unless `train.microbatch_size` (a GLOBAL micro-batch; 0 = none) divides
+    `train.batch_size` and, given `num_devices`, is divisible by it (each micro-batch is split
+    over every device)."""
+    batch, micro = int(train_cfg.batch_size), int(train_cfg.microbatch_size)
+    if micro in (0, batch):
+        return
+    if micro > batch or batch % micro:
+        raise UserError(f"config.train.microbatch_size={micro} must divide train.batch_size="
+                        f"{batch} (or be 0 for no gradient accumulation)")
+    if num_devices and micro % num_devices:
+        raise UserError(f"config.train.microbatch_size={micro} is the global micro-batch and must "
+                        f"be divisible by the {num_devices} devices; use a multiple of "
+                        f"{num_devices}")
+
+
 def validate(config: ml_collections.ConfigDict, mode: str) -> None:
     """Raises UserError (one line) for the first bad field of `config`; `mode` as launch.py's."""
     if mode not in MODES:
@@ -149,6 +166,8 @@ def validate(config: ml_collections.ConfigDict, mode: str) -> None:
     _check_model(config)
     _check_diffusion_and_sampling(config)
     _check_mesh(config)
+    # The device count matters only where the train step will run (inspect needs no devices).
+    check_microbatch(config.train, jax.device_count() if mode == "train" else None)
     if mode == "sample":
         from sd_jax import sample_mode
 

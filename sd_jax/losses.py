@@ -212,12 +212,36 @@ def diffusion_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Training loss for one batch: scalar float32 mean loss and an aux dict.
 
-    Samples `t` (per `diffusion_cfg.time_sampling`) and `eps`, noises `x0_bhwc`, calls
-    `denoise_fn(z_bhwc, logsnr_b, labels_b)` (returning `prediction`: 'v' | 'eps' | 'x0'; an x0
-    output's v-MSE is `|x0 - x0_hat|^2 / sigma^2`, docs/resolution.md), converts the
-    output to the space of the loss and applies the (multiscale) MSE and the weighting. `loss`
-    ('v_mse' | 'eps_mse') overrides `diffusion_cfg.loss`; the train step passes
-    `sd_jax.models.loss_name(...)`, which resolves 'auto' from the architecture.
+    Samples `t` (per `diffusion_cfg.time_sampling`) and `eps` from `rng`, then returns
+    `diffusion_loss_given_noise(...)` (see there).
+    """
+    x0_bhwc = jnp.asarray(x0_bhwc, jnp.float32)
+    rng_t, rng_eps = jax.random.split(rng)
+    t_b = schedules.sample_times(rng_t, x0_bhwc.shape[0], diffusion_cfg.time_sampling)
+    eps_bhwc = jax.random.normal(rng_eps, x0_bhwc.shape, jnp.float32)
+    return diffusion_loss_given_noise(denoise_fn, x0_bhwc, labels_b, t_b, eps_bhwc,
+                                      diffusion_cfg, image_size, prediction, loss)
+
+
+def diffusion_loss_given_noise(
+    denoise_fn: DenoiseFn,
+    x0_bhwc: jax.Array,
+    labels_b: jax.Array,
+    t_b: jax.Array,
+    eps_bhwc: jax.Array,
+    diffusion_cfg: ml_collections.ConfigDict,
+    image_size: int,
+    prediction: str,
+    loss: str | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Training loss for one batch at given times `t_b` and noise `eps_bhwc` (the train step draws
+    them per example, so they do not depend on how the batch is split): mean loss and aux.
+
+    Noises `x0_bhwc`, calls `denoise_fn(z_bhwc, logsnr_b, labels_b)` (returning `prediction`:
+    'v' | 'eps' | 'x0'; an x0 output's v-MSE is `|x0 - x0_hat|^2 / sigma^2`, docs/resolution.md),
+    converts the output to the space of the loss and applies the (multiscale) MSE and the
+    weighting. `loss` ('v_mse' | 'eps_mse') overrides `diffusion_cfg.loss`; the train
+    step passes `sd_jax.models.loss_name(...)`, which resolves 'auto' from the architecture.
     'constant' weighting is 1 in the loss's own space; 'sigmoid' is `eps_loss_weight`, times
     `alpha^2` for a v-space loss (module docstring), so both spaces give the same objective.
     aux: `loss_b` (weighted per-example loss), `unweighted_loss_b` (per-example loss before the
@@ -234,13 +258,8 @@ def diffusion_loss(
                         f"{', '.join(PREDICTIONS)}.")
     space = LOSSES[loss]
     x0_bhwc = jnp.asarray(x0_bhwc, jnp.float32)
-    batch_size = x0_bhwc.shape[0]
-    rng_t, rng_eps = jax.random.split(rng)
-
     logsnr_fn = schedules.get_logsnr_fn(diffusion_cfg, image_size)
-    t_b = schedules.sample_times(rng_t, batch_size, diffusion_cfg.time_sampling)
     logsnr_b = logsnr_fn(t_b)
-    eps_bhwc = jax.random.normal(rng_eps, x0_bhwc.shape, jnp.float32)
     z_bhwc = diffuse(x0_bhwc, eps_bhwc, logsnr_b)
 
     out_bhwc = denoise_fn(z_bhwc, logsnr_b, labels_b).astype(jnp.float32)

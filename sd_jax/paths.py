@@ -14,14 +14,18 @@ What differs from a local disk, and how the callers handle it:
 - no appending to an object (gcsfs's mode 'a' silently overwrites): `append_text`.
 - a "directory" is a name prefix: `mkdir` is a no-op and an empty one does not exist, so epath's
   `rename` (which checks the destination's parent exists) cannot move a tree: `move_tree`.
-- closing a partly written object publishes it: abort an upload with the file's `discard()`.
+- closing a partly written object publishes it: abort an upload with `discard_upload` (gcsfs's
+  `discard()` alone still publishes a small one); `write_atomic` does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+from collections.abc import Iterator
+from typing import IO
 
 from etils import epath
 
@@ -88,3 +92,41 @@ def move_tree(src: epath.Path, dst: epath.Path) -> None:
         return
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(os.fspath(src), os.fspath(dst))
+
+
+def discard_upload(f: IO[bytes]) -> None:
+    """Abandons an object being written in a bucket (gcsfs file), so that nothing is published.
+
+    gcsfs's `discard()` cancels an upload that has started (more than one block written) but
+    leaves the file open otherwise, and closing it, or its garbage collection, would then upload
+    the partial bytes: so it is also marked closed, with its buffer dropped."""
+    f.discard()
+    f.buffer = None
+    f.closed = True
+
+
+@contextlib.contextmanager
+def write_atomic(path: epath.Path) -> Iterator[IO[bytes]]:
+    """Opens `path` for writing in binary so that it appears only whole, or not at all.
+
+    Locally the bytes go to `<name>.tmp`, renamed over `path` when the block ends and removed if
+    it raises (a killed process leaves at most the .tmp, which the next write replaces). In a
+    bucket an object is published when its upload completes, so it is written in place and the
+    upload discarded if the block raises (a killed process publishes nothing)."""
+    if is_uri(path):
+        f = path.open("wb")
+        try:
+            yield f
+        except BaseException:
+            discard_upload(f)
+            raise
+        f.close()
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("wb") as f:
+            yield f
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -25,7 +25,7 @@ from sd_jax import (
     train_state,
 )
 from sd_jax.errors import UserError
-from sd_jax.generate import generate
+from sd_jax.generate import Sampler
 from sd_jax.train_step import make_train_step
 
 TRAIN_RNG, SAMPLE_RNG = 1, 2  # fold_in tags of the seed's key (the key itself inits params).
@@ -40,15 +40,15 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def save_sample_grid(
-    model: Any, params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int,
-    workdir: epath.Path, logger: metrics_io.MetricsLogger | None = None,
+    params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int, workdir: epath.Path,
+    logger: metrics_io.MetricsLogger | None = None,
 ) -> epath.Path | None:
     """Samples `train.sample_grid_size` images (classes cycled) into samples/step_<step>.png
     and, given `logger`, TensorBoard's images as 'samples'."""
     n, num_classes = config.train.sample_grid_size, config.model.num_classes
     labels = np.arange(n) % num_classes if num_classes else np.zeros(n, np.int32)
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), SAMPLE_RNG)  # Same noise each time.
-    x_bhwc = generate(model, params, rng, labels, config, mesh)
+    x_bhwc = Sampler.from_config(config, mesh).generate(params, rng, labels)
     if jax.process_index() != 0:
         return None
     grid = images.make_grid(images.to_uint8(x_bhwc), ncols=num_classes or None)
@@ -171,9 +171,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
 
     try:
         for index, batch in loader.iterate(start, t.num_steps):
-            # uint8 + flip -> float32 [-1, 1] on the host until the train step takes the
-            # loader's batch contract itself (normalising and flipping on the device).
-            batch = data.preprocess.normalize(batch)
             state, metrics = step_fn(state, sharding.global_batch(batch, mesh), train_rng)
             step = index + 1  # Steps done, as in checkpoints and metrics.jsonl.
             lagged.push(step, metrics)
@@ -186,9 +183,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
             if step % t.checkpoint_every == 0 or step == t.num_steps or stopping:
                 save(step)
             if t.sample_every and (step % t.sample_every == 0 or step == t.num_steps):
-                save_sample_grid(model, state.ema_params, config, mesh, step, workdir, logger)
+                save_sample_grid(state.ema_params, config, mesh, step, workdir, logger)
             if fid is not None:  # All processes, same steps: sampling is a collective.
-                fid.maybe_fid(step, model, state.ema_params, config, mesh, workdir)
+                fid.maybe_fid(step, state.ema_params, config, mesh, workdir)
             if stopping:
                 why = "by signal" if signalled else "at the preemption sync point"
                 print(f"stopped {why} at step {step}; checkpoint saved", flush=True)

@@ -90,7 +90,7 @@ def test_float_range_and_flip():
     np.testing.assert_array_equal(preprocess.to_float(image, flip=True)[0, :, 0], [1.0, -1.0])
 
 
-def test_loader_flags_flips_and_normalize_applies_them():
+def test_loader_flags_flips_and_the_train_step_applies_them():
     loader = make_loader(random_flip=True, global_batch_size=64)
     batch = loader.get_batch(3)
     expected = preprocess.flip_mask(0, 3, 64)
@@ -98,13 +98,37 @@ def test_loader_flags_flips_and_normalize_applies_them():
     assert 10 < expected.sum() < 54
     assert np.all(batch["image"][:, 0, 0, 0] == 255)  # The loader never mirrors: red on the left.
     assert np.all(batch["image"][:, 0, -1, 0] != 255)
-    model = preprocess.normalize(batch)  # What the model sees: [-1, 1], flagged rows mirrored.
-    assert sorted(model) == ["image", "label"] and model["image"].dtype == np.float32
-    np.testing.assert_array_equal(model["image"][:, 0, -1, 0] == 1.0, expected)
-    np.testing.assert_array_equal(model["image"][:, 0, 0, 0] == 1.0, ~expected)
-    np.testing.assert_array_equal(model["image"][~expected], preprocess.to_float(
-        batch["image"][~expected]))
+    from sd_jax.train_step import device_images
+
+    model = np.asarray(device_images(batch["image"], batch["flip"]))  # What the model sees.
+    assert model.dtype == np.float32
+    np.testing.assert_array_equal(model[:, 0, -1, 0] == 1.0, expected)
+    np.testing.assert_array_equal(model[:, 0, 0, 0] == 1.0, ~expected)
+    np.testing.assert_array_equal(model[~expected], preprocess.to_float(batch["image"][~expected]))
     assert not make_loader(global_batch_size=64).get_batch(3)["flip"].any()  # random_flip=False.
+
+
+def test_device_normalise_and_flip_equal_the_host_float_path_bitwise():
+    """The train step's on-device uint8 -> [-1, 1] + flip (under jit, as in the step) gives the
+    bits of the host float path `preprocess.to_float(image, flip)`, for every uint8 value."""
+    import jax
+
+    from sd_jax.train_step import device_images
+
+    rng = np.random.default_rng(0)
+    images = rng.permutation(np.tile(np.arange(256, dtype=np.uint8), 6 * 4 * 4 * 3 // 256 + 1))
+    images = images[: 6 * 4 * 4 * 3].reshape(6, 4, 4, 3)
+    images[0] = np.arange(48).reshape(4, 4, 3) * 5 + 10  # An asymmetric row, flipped or not.
+    flips = np.array([True, False, True, True, False, False])
+    host = np.stack([preprocess.to_float(x, f) for x, f in zip(images, flips, strict=True)])
+    device = np.asarray(jax.jit(device_images)(images, flips))
+    assert device.dtype == np.float32 and not np.array_equal(host[0], host[0, :, ::-1])
+    np.testing.assert_array_equal(device.view(np.uint32), host.view(np.uint32))
+    batch = make_loader(random_flip=True, global_batch_size=36).get_batch(1)  # Loader output.
+    host = np.stack([preprocess.to_float(x, f)
+                     for x, f in zip(batch["image"], batch["flip"], strict=True)])
+    device = np.asarray(jax.jit(device_images)(batch["image"], batch["flip"]))
+    np.testing.assert_array_equal(device.view(np.uint32), host.view(np.uint32))
 
 
 def test_per_image_path_matches_in_memory_path():

@@ -19,7 +19,7 @@ BUCKET = "test-bucket"
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 PRELUDE = f"""
-import json, os, sys, tempfile
+import io, json, os, sys, tempfile
 os.chdir(tempfile.mkdtemp())  # Must still be empty at the end: nothing is written locally.
 HERE = os.getcwd()
 sys.path.insert(0, {str(REPO / "tests")!r})
@@ -92,11 +92,33 @@ for obj in epath.Path(W, "resumed", "tensorboard").iterdir():
 assert board == {s: float(np.float32(l)) for s, l in resumed.items() if s > 3}, board
 
 cfg = tiny_config(**{"sample.num_samples": 12})  # Two batches of 8, the second one short.
+# A crash while the second batch's shard is uploading publishes nothing of it; the rerun
+# continues from the first batch's shard in the bucket.
+from unittest import mock
+from sd_jax import paths, sample_shards
+write_shard = sample_shards.ShardFolder.write
+def crash_on_second(folder, index, images):
+    if index == 1:
+        with paths.write_atomic(folder.shard(index)) as f:
+            f.write(images.tobytes()[:1000])
+            raise RuntimeError("crashed while uploading shard 1")
+    write_shard(folder, index, images)
+with mock.patch.object(sample_shards.ShardFolder, "write", crash_on_second):
+    try:
+        main.run(cfg, W + "/resumed", "sample")
+        raise AssertionError("the crash did not stop sample mode")
+    except RuntimeError as e:
+        assert "shard 1" in str(e), e
+left = sorted(p.name for p in epath.Path(W, "resumed", "samples").glob("*.shards-*/*"))
+assert left == ["000000.npy", "settings.json"], left
+first = np.load(io.BytesIO(next(epath.Path(W, "resumed", "samples").glob(
+    "*.shards-*/000000.npy")).read_bytes()), allow_pickle=False)
 main.run(cfg, W + "/resumed", "sample")
 path = evaluate.find_samples(cfg, W + "/resumed")
 with path.open("rb") as f, np.load(f, allow_pickle=False) as npz:
     images, labels = npz["arr_0"], npz["arr_1"]
 assert images.shape == (12, 8, 8, 3) and images.dtype == np.uint8 and images.std() > 0
+assert np.array_equal(images[:8], first)  # The first batch came from the crashed run's shard.
 assert np.array_equal(labels, sample_mode.sample_labels(cfg, 12))
 assert np.array_equal(np.concatenate(list(npz_io.iter_rows(path, batch_rows=5))), images)
 assert json.loads(path.with_suffix(".json").read_text())["step"] == 6
@@ -108,9 +130,11 @@ print("SAMPLES", path.stem)
 
 @pytest.mark.slow
 def test_train_resume_sample_in_a_bucket(gcs, tmp_path_factory):
-    """train -> checkpoint -> exact resume (bitwise) -> sample -> .npz, all in gs://."""
+    """train -> checkpoint -> exact resume (bitwise) -> sample, crashed and resumed from its
+    shards -> .npz, all in gs://."""
     out = run_in_bucket(END_TO_END, gcs, jax_cache_dir(tmp_path_factory))
     stem = out.split("SAMPLES ")[1].split()[0]
+    assert f"resuming from gs://test-bucket/run/resumed/samples/{stem}.shards-" in out, out
     names = object_names(gcs, BUCKET, "run/")
     for run in ("straight", "resumed"):
         for step in (3, 6):
@@ -124,6 +148,7 @@ def test_train_resume_sample_in_a_bucket(gcs, tmp_path_factory):
     assert {f"run/resumed/samples/{stem}{ext}" for ext in (".npz", ".png", ".json")} <= set(names)
     assert f"run/resumed/eval_{stem}.json" in names
     assert not [n for n in names if ".write_test_" in n or n.endswith(".tmp")], names
+    assert not [n for n in names if ".shards-" in n], names  # Removed once the .npz is out.
     assert not os.path.exists(REPO / "gs:")
 
 
@@ -164,6 +189,12 @@ assert np.array_equal(loaded["arr_0"], rows) and np.array_equal(loaded["arr_1"],
 big = npz_io.NpzStreamWriter(W + "/samples/b.npz", (100, 256, 256, 3))
 big.write(np.zeros((40, 256, 256, 3), np.uint8))  # 7.9 MB > gcsfs's 5 MiB upload part.
 big.abort()
+small = npz_io.NpzStreamWriter(W + "/samples/c.npz", (10, 16, 16, 3))  # Within one part.
+small.write(rows[:4])
+small.abort()
+del small  # Garbage collection must not publish the partial object either.
+import gc
+gc.collect()
 
 paths.append_text(epath.Path(W, "log.txt"), "a\\n")
 paths.append_text(epath.Path(W, "log.txt"), "b\\n")
@@ -186,6 +217,7 @@ def test_checkpoint_fallback_npz_and_workdir_check_in_a_bucket(gcs, tmp_path_fac
         assert f"io/checkpoints/{step}/commit_success.txt" in names, names
     assert "io/damaged_checkpoints/2/state/_METADATA" in names  # Kept, never deleted.
     assert "io/samples/a.npz" in names and "io/samples/b.npz" not in names
+    assert "io/samples/c.npz" not in names
     assert not [n for n in names if ".write_test_" in n], names
 
 
@@ -200,6 +232,22 @@ def test_paths_keep_uris_and_make_local_paths_absolute(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="s3:// paths are not supported"):
         paths.as_path("s3://bucket/run")
     assert list(tmp_path.iterdir()) == []  # Nothing made locally, no `gs:` directory.
+
+
+def test_write_atomic_leaves_whole_files_or_nothing(tmp_path):
+    """Local side of `paths.write_atomic` (the bucket side runs in the end-to-end test)."""
+    from sd_jax import paths
+
+    target = paths.as_path(tmp_path / "a.npy")
+    with pytest.raises(RuntimeError, match="midway"), paths.write_atomic(target) as f:
+        f.write(b"partial")
+        assert not target.exists()  # Not visible while being written.
+        raise RuntimeError("midway")
+    assert list(tmp_path.iterdir()) == []  # Neither the file nor its temporary.
+    target.write_bytes(b"old")
+    with paths.write_atomic(target) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["a.npy"]
 
 
 def test_gs_workdir_without_gcsfs_is_one_line(tmp_path):

@@ -167,7 +167,7 @@ def test_periodic_fid_switch_and_fail_fast(weights, tmp_path):
     from sd_jax.eval import periodic
 
     config = quickstart.get_config()
-    assert periodic.maybe_fid(10, None, None, config, None, tmp_path) is None  # fid_every = 0
+    assert periodic.maybe_fid(10, None, config, None, tmp_path) is None  # fid_every = 0
     periodic.check_config(config)  # Off: nothing to check.
     config.eval.fid_every = 10
     with pytest.raises(UserError, match="inception_weights is not set"):
@@ -175,4 +175,4 @@ def test_periodic_fid_switch_and_fail_fast(weights, tmp_path):
     config.eval.inception_weights = str(weights[1])
     with pytest.raises(UserError, match="reference_npz is not set"):
         periodic.check_config(config)
-    assert periodic.maybe_fid(7, None, None, config, None, tmp_path) is None  # Not a FID step.
+    assert periodic.maybe_fid(7, None, config, None, tmp_path) is None  # Not a FID step.

@@ -23,7 +23,8 @@ from sd_jax.models import ARCHITECTURES, ModelSpec, UViT, build_model, loss_name
 CONFIGS = ("imagenet64", "imagenet128", "imagenet256", "imagenet512", "imagenet1024")
 ARCHS = tuple(ARCHITECTURES)
 SHRINK = 8  # Image sizes / 8 keep every config's input transform and number of levels.
-LOGICAL_NAMES = {"embed", "mlp", "heads", "kv", "conv_in", "conv_out", "cond", "classes", None}
+LOGICAL_NAMES = {"embed", "mlp", "heads", "kv", "conv_in", "conv_out", "cond", "classes", "norm",
+                 None}
 
 
 def tiny_config(name: str = "imagenet512", arch: str = "uvit", **overrides):

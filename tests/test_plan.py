@@ -43,9 +43,26 @@ def test_components_add_up_and_state_splits_over_fsdp(roomy):
         assert b["gradients"] == (2 if accumulating else 1) * b["params"]
         assert (b["recompute"] > 0) == (r["remat"] != "none")
     assert sorted(by_fsdp) == [1, 2, 4, 8]  # Every divisor of the 8 devices fits in 1 GiB.
-    full = by_fsdp[1]
-    for fsdp, params in by_fsdp.items():  # Dims that do not divide stay replicated.
-        assert full / fsdp <= params <= full / fsdp * 1.1, (fsdp, params, full)
+    full, kept = by_fsdp[1], norm_bytes(tiny_config())  # Norms and the output head: replicated.
+    assert 0 < kept < full / 2
+    for fsdp, params in by_fsdp.items():  # Dims that do not divide stay replicated too.
+        split = (full - kept) / fsdp
+        assert split + kept <= params <= split * 1.1 + kept, (fsdp, params, full, kept)
+
+
+def norm_bytes(config) -> int:
+    """float32 bytes of the weights on the logical axis 'norm', which every device holds whole."""
+    import flax.linen as nn
+    import jax
+
+    from sd_jax import models, train_state
+    from sd_jax.models.layers import NORM_AXIS
+
+    model = models.build_model(config.model)
+    boxed = jax.eval_shape(lambda: train_state.init_variables(model, config, jax.random.key(0)))
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    return sum(4 * x.value.size for x in leaves
+               if isinstance(x, nn.LogicallyPartitioned) and NORM_AXIS in x.names)
 
 
 def test_activations_per_micro_batch_and_remat(roomy):

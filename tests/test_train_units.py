@@ -145,7 +145,8 @@ def test_train_step_metrics_cover_the_global_batch():
     mesh = sharding.make_mesh(cfg.mesh)
     state, _ = train_state.create_train_state(model, tx, cfg, mesh)
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.uniform(-1, 1, (8, 8, 8, 3)), jnp.float32),
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (8, 8, 8, 3)), jnp.uint8),
+             "flip": jnp.asarray(rng.random(8) < 0.5),
              "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32)}
     _, metrics = train_step.train_step(state, batch, jax.random.key(0), model=model, tx=tx,
                                        config=cfg)
@@ -199,10 +200,11 @@ def test_train_step_trains_each_architecture_on_its_default_loss(monkeypatch):
         seen.append(kwargs["loss"])
         return real(*args, **kwargs)
 
-    real = train_step.losses.diffusion_loss
-    monkeypatch.setattr(train_step.losses, "diffusion_loss", spy)
+    real = train_step.losses.diffusion_loss_given_noise
+    monkeypatch.setattr(train_step.losses, "diffusion_loss_given_noise", spy)
     model = types.SimpleNamespace(apply=lambda v, z, *args, **kwargs: v["params"]["s"] * z)
-    batch = {"image": jnp.zeros((2, 8, 8, 3)), "label": jnp.zeros(2, jnp.int32)}
+    batch = {"image": jnp.zeros((2, 8, 8, 3), jnp.uint8), "flip": jnp.zeros(2, bool),
+             "label": jnp.zeros(2, jnp.int32)}
     for arch in ("unet", "uvit"):
         cfg = tiny_config(**{"model.arch": arch})
         assert cfg.diffusion.loss == "auto"

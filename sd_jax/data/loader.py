@@ -11,7 +11,8 @@ checkpoint's step is the position.
 
 Batch contract: {"image": uint8 [b, S, S, 3] unflipped, "flip": bool [b], "label": int32 [b]};
 the flip rows are `preprocess.flip_mask(seed, step, B)` (a function of (seed, step) only) AND
-`data.random_flip`, and the consumer scales to [-1, 1] and mirrors (`preprocess.normalize`).
+`data.random_flip`, and the train step scales to [-1, 1] and mirrors on the device
+(`train_step.device_images`).
 """
 
 from __future__ import annotations

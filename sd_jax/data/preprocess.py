@@ -1,7 +1,8 @@
 """Per-image preprocessing (paper / ADM style): centre crop, antialiased resize, flip, [-1, 1].
 
 Everything here is plain NumPy + PIL, run by the loader's grain worker processes; the scaling
-to [-1, 1] and the flip are applied by the consumer of a batch (`normalize`).
+to [-1, 1] and the flip are applied on the device by the train step
+(`sd_jax.train_step.device_images`, bitwise `to_float`).
 """
 
 from __future__ import annotations
@@ -70,12 +71,3 @@ def flip_mask(seed: int, step: int, global_batch: int) -> np.ndarray:
     so it does not depend on the number of processes or on the worker threads."""
     rng = np.random.default_rng([seed, step, 0x5F11])  # Fixed tag: separate from the order.
     return rng.random(global_batch) < 0.5
-
-
-def normalize(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A loader batch {"image": uint8, "flip": bool, "label"} -> {"image": float32 [-1, 1] with
-    the flagged rows mirrored left-right, "label"}: what the model trains on."""
-    images = to_float(batch["image"])
-    flip = np.asarray(batch["flip"], bool)
-    images[flip] = images[flip, :, ::-1]
-    return {"image": images, "label": np.asarray(batch["label"], np.int32)}

@@ -20,7 +20,7 @@ import numpy as np
 from etils import epath
 
 from sd_jax.errors import UserError
-from sd_jax.paths import as_path, is_uri
+from sd_jax.paths import as_path, discard_upload, is_uri
 
 
 class _StreamSink(io.RawIOBase):
@@ -96,7 +96,7 @@ class NpzStreamWriter:
             self._member.close()
         self._zip.close()
         if self._remote:
-            self._file.discard()  # Cancels the upload: closing would publish a partial object.
+            discard_upload(self._file)  # Closing would publish a partial object.
         else:
             self._file.close()
             self._tmp.unlink(missing_ok=True)

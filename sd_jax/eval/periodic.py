@@ -3,7 +3,7 @@
 The trainer calls, once before the loop, `periodic.check_config(config)` (fails fast on a missing
 Inception weights file or reference batch), and after each step (all processes, same steps):
 
-    periodic.maybe_fid(step, model, state.ema_params, config, mesh, workdir)
+    periodic.maybe_fid(step, state.ema_params, config, mesh, workdir)
 
 It samples `fid_num_samples` images with the `config.sample` sampler (same noise every time, so
 values over training are comparable), scores them against `config.eval.reference_npz`, appends
@@ -14,8 +14,8 @@ compare checkpoints of one run, not against published numbers.
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -51,8 +51,8 @@ def _setup(config: ml_collections.ConfigDict) -> tuple[fid.ExtractFn, int, dict]
     return _CACHE[key]
 
 
-def maybe_fid(step: int, model: Any, params: Any, config: ml_collections.ConfigDict,
-              mesh: Mesh, workdir: str | Path) -> dict | None:
+def maybe_fid(step: int, params: Any, config: ml_collections.ConfigDict, mesh: Mesh,
+              workdir: str | os.PathLike) -> dict | None:
     """FID/IS of `fid_num_samples` samples from `params` when `step % fid_every == 0`."""
     if not enabled(config) or step % int(config.eval.fid_every) != 0:
         return None
@@ -60,7 +60,7 @@ def maybe_fid(step: int, model: Any, params: Any, config: ml_collections.ConfigD
     extract_fn, batch_size, reference = _setup(config)
     n = int(config.eval.fid_num_samples)
     labels = sample_mode.sample_labels(config, n)
-    batches = sample_mode.iter_samples(model, params, config, mesh, labels)
+    batches = sample_mode.iter_samples(params, config, mesh, labels)
     stats = fid.compute_image_stats(batches, extract_fn, batch_size, config.eval.sfid)
     results = fid.metrics(stats, reference, config.eval.is_splits, config.eval.fid_method)
     results["seconds"] = round(time.time() - start, 1)

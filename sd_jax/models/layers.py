@@ -1,12 +1,17 @@
 """Building blocks: conditioning embedding, ResNet block, attention, MLP, transformer block.
 
-Precision: params are float32; matmuls/convs run in the compute dtype; norms, attention logits
-and softmax run in float32. Every weight carries logical axis names (docs/design.md vocabulary).
+Precision: params are stored in float32 (the master weights); the train step casts them to the
+compute dtype once per step (`cast_params`), so FSDP all-gathers move compute-dtype weights, and
+the layers also accept float32 params (cast per layer). Matmuls, convs, conditioning and FiLM run
+in the compute dtype; norms compute their statistics in float32 and return the compute dtype;
+attention logits and softmax, the output head and the loss are float32. Every weight carries
+logical axis names (docs/design.md vocabulary).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -17,6 +22,11 @@ from sd_jax.models.spec import num_groups
 Names = Sequence[str | None]
 LOGSNR_FREQ_MIN = 0.01  # Lowest Fourier frequency of logSNR: period ~600, i.e. near linear.
 LOGSNR_FREQ_MAX = 10.0  # Highest: period ~0.6 in logSNR (sampler steps move ~0.05).
+# Logical axis of norm scales and biases and of the float32 output head's kernel: no default rule
+# maps it, so these tiny weights are replicated. They are used in float32 (the norms' affine
+# step, the head), and XLA places a gather at the use, so sharded they would be all-gathered in
+# float32, one small collective each; replicated, every FSDP gather moves the compute dtype.
+NORM_AXIS = "norm"
 
 
 def logical(init: nn.initializers.Initializer, names: Names) -> nn.initializers.Initializer:
@@ -37,7 +47,8 @@ def dense(features: int | Sequence[int], names: Names, dtype: jnp.dtype, *, axis
 
 
 def conv(features: int, kernel: int, dtype: jnp.dtype, *, stride: int = 1, zero: bool = False,
-         in_name: str = "conv_in", out_name: str = "conv_out", name: str | None = None) -> nn.Conv:
+         in_name: str | None = "conv_in", out_name: str | None = "conv_out",
+         name: str | None = None) -> nn.Conv:
     """2D conv (NHWC); kernel logical names (None, None, in_name, out_name)."""
     kernel_init = nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal()
     return nn.Conv(
@@ -48,7 +59,7 @@ def conv(features: int, kernel: int, dtype: jnp.dtype, *, stride: int = 1, zero:
 
 
 def conv_transpose(features: int, kernel: int, dtype: jnp.dtype, *, zero: bool = False,
-                   in_name: str = "conv_in", out_name: str = "conv_out",
+                   in_name: str | None = "conv_in", out_name: str | None = "conv_out",
                    name: str | None = None) -> nn.ConvTranspose:
     """Transposed conv with stride = kernel (each input pixel -> its own kernel x kernel patch)."""
     kernel_init = nn.initializers.zeros_init() if zero else nn.initializers.lecun_normal()
@@ -59,20 +70,33 @@ def conv_transpose(features: int, kernel: int, dtype: jnp.dtype, *, zero: bool =
         bias_init=logical(nn.initializers.zeros_init(), (out_name,)))
 
 
-def group_norm(channels: int, name: str | None = None) -> nn.GroupNorm:
-    """GroupNorm computed and returned in float32."""
+def cast_params(params: Any, dtype: jnp.dtype) -> Any:
+    """Floating-point leaves of `params` cast to `dtype` (one convert per weight, on its shard)."""
+    dtype = jnp.dtype(dtype)
+
+    def cast(x: jax.Array) -> jax.Array:
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(cast, params)
+
+
+def group_norm(channels: int, dtype: jnp.dtype, name: str | None = None) -> nn.GroupNorm:
+    """GroupNorm: statistics and normalisation in float32 (flax promotes), output in `dtype`.
+
+    Scale and bias carry the logical name `norm` (replicated by the default rules, see
+    NORM_AXIS)."""
     return nn.GroupNorm(
-        num_groups(channels), dtype=jnp.float32, param_dtype=jnp.float32, name=name,
-        scale_init=logical(nn.initializers.ones_init(), ("conv_out",)),
-        bias_init=logical(nn.initializers.zeros_init(), ("conv_out",)))
+        num_groups(channels), dtype=dtype, param_dtype=jnp.float32, name=name,
+        scale_init=logical(nn.initializers.ones_init(), (NORM_AXIS,)),
+        bias_init=logical(nn.initializers.zeros_init(), (NORM_AXIS,)))
 
 
-def layer_norm(name: str | None = None) -> nn.LayerNorm:
-    """LayerNorm over the transformer width, computed and returned in float32."""
+def layer_norm(dtype: jnp.dtype, name: str | None = None) -> nn.LayerNorm:
+    """LayerNorm over the transformer width: statistics in float32, output in `dtype`."""
     return nn.LayerNorm(
-        dtype=jnp.float32, param_dtype=jnp.float32, name=name,
-        scale_init=logical(nn.initializers.ones_init(), ("embed",)),
-        bias_init=logical(nn.initializers.zeros_init(), ("embed",)))
+        dtype=dtype, param_dtype=jnp.float32, name=name,
+        scale_init=logical(nn.initializers.ones_init(), (NORM_AXIS,)),
+        bias_init=logical(nn.initializers.zeros_init(), (NORM_AXIS,)))
 
 
 def logsnr_features(logsnr_b: jnp.ndarray, num_freqs: int) -> jnp.ndarray:
@@ -84,21 +108,26 @@ def logsnr_features(logsnr_b: jnp.ndarray, num_freqs: int) -> jnp.ndarray:
 
 
 class ConditionEmbedding(nn.Module):
-    """logSNR (linear + Fourier features -> MLP) plus class embedding -> [B, emb_dim] float32."""
+    """logSNR (linear + Fourier features -> MLP) plus class embedding -> [B, emb_dim] in `dtype`.
+
+    The Fourier features are computed in float32 (angles reach ~200 rad); the MLP and the class
+    table run in the compute dtype.
+    """
 
     emb_dim: int
     num_classes: int
+    dtype: jnp.dtype = jnp.float32
     num_freqs: int = 64
 
     @nn.compact
     def __call__(self, logsnr_b: jnp.ndarray, labels_b: jnp.ndarray) -> jnp.ndarray:
-        f32 = jnp.float32
-        emb = dense(self.emb_dim, (None, "cond"), f32, name="logsnr_in")(
+        emb = dense(self.emb_dim, (None, "cond"), self.dtype, name="logsnr_in")(
             logsnr_features(logsnr_b, self.num_freqs))
-        emb = dense(self.emb_dim, (None, "cond"), f32, name="logsnr_out")(nn.swish(emb))
+        emb = dense(self.emb_dim, (None, "cond"), self.dtype, name="logsnr_out")(nn.swish(emb))
         if self.num_classes > 0:  # Row num_classes is the null label (classifier-free guidance).
             table = nn.Embed(
-                self.num_classes + 1, self.emb_dim, param_dtype=f32, name="class_embed",
+                self.num_classes + 1, self.emb_dim, dtype=self.dtype, param_dtype=jnp.float32,
+                name="class_embed",
                 embedding_init=logical(nn.initializers.normal(1.0), ("classes", "cond")))
             emb = emb + table(labels_b.astype(jnp.int32))
         return emb
@@ -113,11 +142,11 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, emb: jnp.ndarray, train: bool) -> jnp.ndarray:
-        h = nn.swish(group_norm(x.shape[-1], name="norm1")(x))
+        h = nn.swish(group_norm(x.shape[-1], self.dtype, name="norm1")(x))
         h = conv(self.channels, 3, self.dtype, name="conv1")(h)
-        film = dense((2, self.channels), ("cond", None, "conv_out"), jnp.float32, name="film")
+        film = dense((2, self.channels), ("cond", None, "conv_out"), self.dtype, name="film")
         scale_shift = film(nn.swish(emb))[:, None, None]  # [B, 1, 1, 2, C]
-        h = group_norm(self.channels, name="norm2")(h)
+        h = group_norm(self.channels, self.dtype, name="norm2")(h)
         h = h * (1 + scale_shift[..., 0, :]) + scale_shift[..., 1, :]
         h = nn.Dropout(self.dropout)(nn.swish(h), deterministic=not train)
         h = conv(self.channels, 3, self.dtype, zero=True, name="conv2")(h)
@@ -160,7 +189,8 @@ class Mlp(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm transformer block; residual stream kept in float32, branches in compute dtype."""
+    """Pre-norm transformer block: branches in the compute dtype, each added to the residual
+    stream `x_bld` in the stream's own dtype (float32 in the U-ViT, see `UViT.middle`)."""
 
     num_heads: int
     mlp_ratio: int
@@ -172,11 +202,10 @@ class TransformerBlock(nn.Module):
     def __call__(self, x_bld: jnp.ndarray, train: bool) -> jnp.ndarray:
         drop = nn.Dropout(self.dropout, deterministic=not train)
         h = Attention(self.num_heads, self.dtype, self.attention_impl, name="attn")(
-            layer_norm(name="norm1")(x_bld).astype(self.dtype))
-        x_bld = x_bld + drop(h).astype(jnp.float32)
-        h = Mlp(self.mlp_ratio, self.dtype, name="mlp")(
-            layer_norm(name="norm2")(x_bld).astype(self.dtype))
-        return x_bld + drop(h).astype(jnp.float32)
+            layer_norm(self.dtype, name="norm1")(x_bld))
+        x_bld = x_bld + drop(h).astype(x_bld.dtype)
+        h = Mlp(self.mlp_ratio, self.dtype, name="mlp")(layer_norm(self.dtype, name="norm2")(x_bld))
+        return x_bld + drop(h).astype(x_bld.dtype)
 
 
 class SpatialAttention(nn.Module):
@@ -190,7 +219,7 @@ class SpatialAttention(nn.Module):
     def __call__(self, x_bhwc: jnp.ndarray, train: bool) -> jnp.ndarray:
         del train
         b, h, w, c = x_bhwc.shape
-        tokens = group_norm(c, name="norm")(x_bhwc).reshape(b, h * w, c).astype(self.dtype)
+        tokens = group_norm(c, self.dtype, name="norm")(x_bhwc).reshape(b, h * w, c)
         out = Attention(self.num_heads, self.dtype, self.attention_impl, name="attn")(tokens)
         return x_bhwc + out.reshape(b, h, w, c).astype(x_bhwc.dtype)
 

@@ -64,13 +64,13 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, z_bhwc: jnp.ndarray, logsnr_b: jnp.ndarray, labels_b: jnp.ndarray,
                  train: bool = False) -> jnp.ndarray:
-        """Maps noisy images [B, H, W, C] to the v / eps prediction, float32, same shape."""
+        """Maps noisy images [B, H, W, C] to the v / eps / x0 prediction, float32, same shape."""
         spec, dtype = self.spec, self.spec.compute_dtype
         learned = spec.input_transform == "conv"  # Else a fixed, exactly inverted transform.
         x = colour.forward(z_bhwc.astype(jnp.float32), spec.colour_transform)
         if not learned:
             x = transforms.forward(x, spec.input_transform, spec.patch_size)
-        emb = layers.ConditionEmbedding(spec.emb_dim, spec.num_classes, name="cond")(
+        emb = layers.ConditionEmbedding(spec.emb_dim, spec.num_classes, dtype, name="cond")(
             logsnr_b, labels_b)
         levels = spec.levels()
         stem_kernel, stem_stride = (spec.patch_size, spec.patch_size) if learned else (3, 1)
@@ -99,11 +99,14 @@ class UNet(nn.Module):
                 h = up(h - after) + before if self.residual_skips else up(h)
             h, _ = self.level_blocks(h, emb, train, level, f"up{i}", skips)
 
-        h = nn.swish(layers.group_norm(h.shape[-1], name="out_norm")(h))
+        # The output head runs in float32; its kernel is replicated (layers.NORM_AXIS).
+        h = nn.swish(layers.group_norm(h.shape[-1], jnp.float32, name="out_norm")(h))
+        head = dict(zero=True, in_name=layers.NORM_AXIS, out_name=layers.NORM_AXIS,
+                    name="out_conv")
         if learned:
             out = layers.conv_transpose(spec.image_channels, spec.patch_size, jnp.float32,
-                                        zero=True, name="out_conv")(h)
+                                        **head)(h)
         else:
-            out = layers.conv(x.shape[-1], 3, jnp.float32, zero=True, name="out_conv")(h)
+            out = layers.conv(x.shape[-1], 3, jnp.float32, **head)(h)
             out = transforms.inverse(out, spec.input_transform, spec.patch_size)
         return colour.inverse(out, spec.colour_transform).astype(jnp.float32)
