@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from sd_jax import checkpointing, sample_mode
+from sd_jax.models import build_model
 
 
 def checkpoint_steps(workdir: str | Path) -> list[int]:
@@ -27,21 +28,22 @@ def restore_at(workdir: str | Path, config: ml_collections.ConfigDict, step: int
     """(model, params, mesh, step) of checkpoint `step` (newest if None); params per
     `config.sample.use_ema`."""
     workdir = Path(workdir)
+    model = build_model(config.model)
     if step is None:
-        return sample_mode.load_for_sampling(config, workdir)
+        return model, *sample_mode.load_for_sampling(config, workdir)
     # load_for_sampling reads the newest step: give it a view that holds only `step`.
     view = Path(tempfile.mkdtemp(prefix="ckpt_view_"))
     try:
         (view / checkpointing.CHECKPOINT_DIR).mkdir()
         target = checkpointing.checkpoint_dir(workdir) / str(step)
         (view / checkpointing.CHECKPOINT_DIR / str(step)).symlink_to(target)
-        return sample_mode.load_for_sampling(config, view)
+        return model, *sample_mode.load_for_sampling(config, view)
     finally:
         shutil.rmtree(view)
 
 
-def draw(model: Any, params: Any, config: ml_collections.ConfigDict, mesh: Any,
-         labels: np.ndarray) -> np.ndarray:
+def draw(params: Any, config: ml_collections.ConfigDict, mesh: Any, labels: np.ndarray
+         ) -> np.ndarray:
     """uint8 samples for `labels` with the sample-mode path (config.sample settings, seed)."""
-    batches = sample_mode.iter_samples(model, params, config, mesh, np.asarray(labels, np.int32))
+    batches = sample_mode.iter_samples(params, config, mesh, np.asarray(labels, np.int32))
     return np.concatenate(list(batches))

@@ -109,8 +109,8 @@ def score_run(config, workdir: Path, num_samples: int) -> list[dict]:
     labels = np.arange(num_samples) % config.model.num_classes
     rows = []
     for step in checkpoint_samples.checkpoint_steps(workdir):
-        model, params, mesh, _ = checkpoint_samples.restore_at(workdir, config, step)
-        samples = checkpoint_samples.draw(model, params, config, mesh, labels)
+        _, params, mesh, _ = checkpoint_samples.restore_at(workdir, config, step)
+        samples = checkpoint_samples.draw(params, config, mesh, labels)
         rows.append({"step": step,
                      **digits_eval.digits_metrics(samples, labels, variables, reference)})
     # The last checkpoint's samples, 2 per class: a small PNG.

@@ -199,8 +199,16 @@ def run_report(workdir: Path, config, step: int | None, num: int) -> dict:
     def denoise(z, logsnr_b, labels_b):
         return model.apply({"params": params}, z, logsnr_b, labels_b, train=False)
 
+    spec = sampling.SamplingSpec.from_config(config)
+    settings = dict(logsnr_fn=spec.logsnr_fn(), num_steps=spec.num_steps, sampler=spec.sampler,
+                    noise_param=spec.noise_param, guidance_scale=spec.guidance_scale,
+                    guidance_logsnr_min=spec.guidance_logsnr_min,
+                    guidance_logsnr_max=spec.guidance_logsnr_max, null_label=spec.num_classes,
+                    prediction=spec.prediction, clip_x0=spec.clip_x0)
+
     def draw(fn):
-        run_fn = jax.jit(lambda rng: sampling.sample_from_config(fn, rng, labels, config))
+        shape = (num, size, size, config.model.image_channels)
+        run_fn = jax.jit(lambda rng: sampling.sample(fn, rng, labels, shape, **settings))
         return images.to_uint8(np.asarray(run_fn(jax.random.PRNGKey(1))))
 
     samples = draw(denoise)
