@@ -79,7 +79,7 @@ def arms(size: int) -> dict[str, list[tuple[str, dict]]]:
 
 def base_flags(args: argparse.Namespace) -> tuple[str, list[str]]:
     """Config file and overrides every run shares."""
-    steps, every = args.steps, max(1, args.steps // args.eval_points)
+    steps, every = args.steps, -(-args.steps // args.eval_points)  # Ceil: the last is the end.
     flags = {"train.num_steps": steps, "train.checkpoint_every": every,
              "train.keep_checkpoints": args.eval_points + 1, "train.sample_every": 0,
              "train.tensorboard": False, "train.log_every": max(1, min(50, steps // 4)),
@@ -152,6 +152,10 @@ def run_one(config_file: str, flags: list[str], overrides: dict, seed: int, work
     start = time.time()
     trainer.train(config, workdir)
     train_s = time.time() - start
+    if max(checkpoint_samples.checkpoint_steps(workdir)) < config.train.num_steps:
+        # The trainer stops early, after saving, on SIGTERM: leave the run unscored (re-running
+        # the command resumes it) rather than cache a shorter run as finished.
+        raise SystemExit(f"{workdir}: training stopped before step {config.train.num_steps}")
     scores = score_run(config, workdir, num_samples)
     result = {**cost, "seed": seed, "train_s": train_s, "eval_s": time.time() - start - train_s,
               "images_per_s": images_per_second(workdir), "scores": scores}
