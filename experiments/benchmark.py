@@ -193,7 +193,9 @@ def run_point(bench: Bench, per_device_batch: int, per_device_micro: int) -> dic
     rng = jax.random.PRNGKey(config.seed)
 
     start = time.perf_counter()
-    compiled = step_fn.lower(bench.state, batch, rng).compile()
+    # On CPU this also writes one HLO dump to read the collectives from (xla_stats).
+    compiled, collective_hlo, hlo_source = xla_stats.compile_for_collectives(
+        step_fn.lower(bench.state, batch, rng))
     compile_s = time.perf_counter() - start
 
     def one_step() -> Any:
@@ -212,7 +214,9 @@ def run_point(bench: Bench, per_device_batch: int, per_device_micro: int) -> dic
     hardware = xla_stats.compiled_flops(compiled)
     model = 3 * bench.forward_flops * per_device_batch  # Forward + backward, per device.
     peak = FLAGS.peak_flops if FLAGS.peak_flops is not None else peak_flops_for(devices[0])
-    collectives = xla_stats.collective_bytes(compiled.as_text())
+    widened = hlo_source == "final"  # Only the final CPU program has widened collectives.
+    collectives = {**xla_stats.collective_bytes(collective_hlo, undo_widening=widened),
+                   "hlo": hlo_source}
     peak_bytes, memory_source = peak_memory_bytes(devices)
     fsdp = int(bench.mesh.shape["fsdp"])
     sample = bench.sampling(batch_size, FLAGS.sample_timed_steps,

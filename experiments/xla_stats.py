@@ -144,11 +144,12 @@ def _kind(inst: Instruction) -> str | None:
     return kind if kind in COLLECTIVES and not inst.opcode.endswith("-start") else None
 
 
-def collective_bytes(hlo: str) -> dict[str, Any]:
+def collective_bytes(hlo: str, undo_widening: bool = True) -> dict[str, Any]:
     """{kind: bytes per execution of the entry computation} for COLLECTIVES, plus `widened_bytes`
     (what XLA:CPU's f32 widening of 16-bit collectives added on top), `ops` (collective
     instructions in the text) and `unknown_trip_counts` (while loops counted once because XLA
-    recorded no trip count)."""
+    recorded no trip count). `undo_widening=False` counts every collective at its own width: for
+    HLO taken before the widening, where a convert before a collective is the program's own."""
     module = _parse(hlo)
     unknown = set()
 
@@ -158,7 +159,7 @@ def collective_bytes(hlo: str) -> dict[str, Any]:
         for inst in module.computations.get(name, ()):
             kind = _kind(inst)
             if kind:
-                narrow = _narrowed_itemsize(module, inst)
+                narrow = _narrowed_itemsize(module, inst) if undo_widening else None
                 counted = shape_bytes(inst.shape, narrow)
                 sums[COLLECTIVES.index(kind)] += counted
                 sums[-1] += shape_bytes(inst.shape) - counted
@@ -174,6 +175,34 @@ def collective_bytes(hlo: str) -> dict[str, Any]:
     result["ops"] = sum(bool(_kind(i)) for insts in module.computations.values() for i in insts)
     result["unknown_trip_counts"] = len(unknown)
     return result
+
+
+def compile_for_collectives(lowered: Any) -> tuple[Any, str, str]:
+    """Compiles `lowered`; returns (compiled, HLO text to count collectives in, which HLO it is).
+
+    On CPU the text is the program as partitioned and optimised just before XLA:CPU's
+    `float-normalization-bf16` pass: that pass widens every bf16 collective to f32 and a later
+    simplification drops the f32 -> bf16 -> f32 round trip, so in the final CPU program a weight
+    cast to bf16 before its all-gather is gathered in f32 again and the cast is invisible. GPU
+    and TPU keep bf16 collectives, so elsewhere the final program is read.
+    """
+    import glob
+    import os
+    import tempfile
+
+    import jax
+
+    if jax.default_backend() != "cpu":
+        compiled = lowered.compile()
+        return compiled, compiled.as_text(), "final"
+    with tempfile.TemporaryDirectory() as dump:
+        compiled = lowered.compile(compiler_options={
+            "xla_dump_to": dump, "xla_dump_hlo_pass_re": "float-normalization-bf16"})
+        found = glob.glob(os.path.join(dump, "*before_float-normalization-bf16.txt"))
+        if not found:
+            return compiled, compiled.as_text(), "final"
+        with open(max(found, key=os.path.getsize)) as f:
+            return compiled, f.read(), "before XLA:CPU's bf16 widening"
 
 
 def compiled_flops(compiled: Any) -> float | None:

@@ -80,6 +80,9 @@ def test_collective_bytes_of_hlo_text():
     assert result["all-to-all"] == 2 * 4 * 4  # Both branches (an upper bound).
     assert result["all-reduce"] == 10 * 4
     assert result["ops"] == 5 and result["unknown_trip_counts"] == 0
+    # HLO from before the backend's widening: a convert before a collective is the program's own.
+    own = xla_stats.collective_bytes(HLO, undo_widening=False)
+    assert own["all-gather"] == 3 * 8 * 4 * 2 + 8 * 4 * 4 and own["widened_bytes"] == 0
     no_count = HLO.replace(', backend_config={"known_trip_count":{"n":"3"}}', "")
     assert xla_stats.collective_bytes(no_count)["unknown_trip_counts"] == 1
 
@@ -107,11 +110,23 @@ def test_all_gather_bytes_of_a_compiled_sharded_program():
                 (((64, 16), jnp.float32), ((32, 8), jnp.bfloat16), ((16, 4), jnp.float32))]
         compiled = jax.jit(f, out_shardings=(whole, whole, split)).lower(*args).compile()
         print(json.dumps(xla_stats.collective_bytes(compiled.as_text())))
+
+        # A bf16 array gathered: XLA:CPU widens the gather to f32 in the final program; the
+        # HLO compile_for_collectives reads on CPU is from before that and still moves bf16.
+        gather = jax.jit(lambda b: jax.lax.with_sharding_constraint(b, whole) * 2,
+                         out_shardings=whole).lower(args[1])
+        final, text, source = xla_stats.compile_for_collectives(gather)
+        print(json.dumps({"before": xla_stats.collective_bytes(text, undo_widening=False),
+                          "final": xla_stats.collective_bytes(final.as_text(), undo_widening=False),
+                          "source": source}))
     """
     proc = run_python(code, 8)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result, cast = (json.loads(x) for x in proc.stdout.strip().splitlines()[-2:])
     assert result["all-gather"] == 64 * 16 * 4 + 32 * 8 * 2 + 5 * 16 * 4 * 4
+    assert cast["source"] == "before XLA:CPU's bf16 widening"
+    assert cast["before"]["all-gather"] == 32 * 8 * 2
+    assert cast["final"]["all-gather"] == 32 * 8 * 4  # Widened: why the earlier HLO is read.
     assert result["unknown_trip_counts"] == 0
 
 
