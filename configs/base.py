@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.image_channels = 3  # RGB.
     m.input_transform = "dwt53_2"  # 'none' | 'dwt53_1' | 'dwt53_2' (LeGall 5/3) | 'dwt1' | 'dwt2' (Haar) | 'patch' | 'conv' (learned); paper: 5/3 DWT level 2 at 512 (FID 4.85, best of its ablation).
     m.patch_size = 4  # p of 'patch' (space-to-depth) and 'conv' (p x p stride-p conv; paper's "conv 4x4": 4).
+    m.colour_transform = "none"  # 'none' | 'opponent': orthonormal grey + 2 colour differences before the input transform (docs/resolution.md); paper: none.
     m.base_channels = 128  # First conv level's width (appendix, unverified: 128).
     m.channel_multipliers = (1, 2, 4, 16)  # 128/256/512 on the conv levels, 2048 at the transformer (appendix, unverified).
     m.num_res_blocks = 2  # ResNet blocks per conv level on the way down (appendix, unverified: 2).
@@ -139,6 +140,7 @@ def get_config() -> ml_collections.ConfigDict:
     # reference stats (legacy bilinear, (x-128)/128); 'pytorch_fid': pytorch-fid's (half-pixel).
     e.reference_npz = config_dict.placeholder(str)  # ADM reference batch (.npz: mu/sigma or arr_0).
     e.samples_npz = config_dict.placeholder(str)  # Samples to evaluate (None: newest in workdir).
+    e.digits_classifier = config_dict.placeholder(str)  # FD-digits net .npz (None: ~/.cache/sd_jax/, trained on first use).
     e.batch_size = 200  # Inception batch size (rounded up to a multiple of the local devices).
     e.is_splits = 10  # Inception Score splits (improved-GAN / ADM: 10 for 50k).
     e.sfid = True  # Also sFID (ADM: mixed_6/conv features); needs mu_s/sigma_s in the reference.

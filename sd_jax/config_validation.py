@@ -28,7 +28,7 @@ from sd_jax.paths import as_path, is_uri
 
 MODES = ("train", "sample", "eval", "inspect", "plan")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")  # Matmul/conv dtypes the layers support.
-MODEL_PREDICTIONS = ("v", "eps")  # What a network can be trained to output (losses.diffusion_loss).
+MODEL_PREDICTIONS = losses.PREDICTIONS  # What a network can output (losses.diffusion_loss).
 
 
 def _choices() -> dict[str, tuple[Any, ...]]:

@@ -238,8 +238,9 @@ def diffusion_loss_given_noise(
     them per example, so they do not depend on how the batch is split): mean loss and aux.
 
     Noises `x0_bhwc`, calls `denoise_fn(z_bhwc, logsnr_b, labels_b)` (returning `prediction`:
-    'v' | 'eps'), converts the output to the space of the loss and applies the (multiscale) MSE
-    and the weighting. `loss` ('v_mse' | 'eps_mse') overrides `diffusion_cfg.loss`; the train
+    'v' | 'eps' | 'x0'; an x0 output's v-MSE is `|x0 - x0_hat|^2 / sigma^2`, docs/resolution.md),
+    converts the output to the space of the loss and applies the (multiscale) MSE and the
+    weighting. `loss` ('v_mse' | 'eps_mse') overrides `diffusion_cfg.loss`; the train
     step passes `sd_jax.models.loss_name(...)`, which resolves 'auto' from the architecture.
     'constant' weighting is 1 in the loss's own space; 'sigmoid' is `eps_loss_weight`, times
     `alpha^2` for a v-space loss (module docstring), so both spaces give the same objective.
@@ -252,8 +253,9 @@ def diffusion_loss_given_noise(
         raise UserError(
             f"Unknown diffusion.loss={loss!r}{detail}; choose one of {', '.join(LOSSES)}."
         )
-    if prediction not in ("v", "eps"):
-        raise UserError(f"Unknown model.prediction={prediction!r}; choose 'v' or 'eps'.")
+    if prediction not in PREDICTIONS:
+        raise UserError(f"Unknown model.prediction={prediction!r}; choose one of "
+                        f"{', '.join(PREDICTIONS)}.")
     space = LOSSES[loss]
     x0_bhwc = jnp.asarray(x0_bhwc, jnp.float32)
     logsnr_fn = schedules.get_logsnr_fn(diffusion_cfg, image_size)

@@ -244,13 +244,13 @@ def _constant_data_denoiser(value, prediction):
         x0 = jnp.full_like(z, value)
         alpha, sigma = (a[:, None, None, None] for a in schedules.alpha_sigma(logsnr_b))
         eps = (z - alpha * x0) / sigma
-        return alpha * eps - sigma * x0 if prediction == "v" else eps
+        return {"v": alpha * eps - sigma * x0, "eps": eps, "x0": x0}[prediction]
 
     return denoise
 
 
 @pytest.mark.parametrize("loss", ["v_mse", "eps_mse"])
-@pytest.mark.parametrize("prediction", ["v", "eps"])
+@pytest.mark.parametrize("prediction", ["v", "eps", "x0"])
 def test_diffusion_loss_is_zero_for_the_optimal_denoiser(loss, prediction):
     cfg = _diffusion_cfg(loss=loss, multiscale=True, multiscale_min_size=4, schedule="cosine")
     x0 = jnp.full((B, D, D, 3), 0.4)
@@ -272,6 +272,19 @@ def test_diffusion_loss_of_zero_v_output_is_mean_v_squared():
     # Each example averages 3072 eps^2 draws: relative std ~2.6%, so 12% is > 4 std errors.
     np.testing.assert_allclose(aux["loss_b"], alpha2, rtol=0.12)
     np.testing.assert_allclose(aux["logsnr_mean"], np.mean(logsnr_b), rtol=1e-5)
+
+
+def test_x0_output_v_loss_is_x0_error_over_sigma_squared():
+    """v - v_hat = (x0_hat - x0) / sigma (v = (alpha z - x0) / sigma), so an x0 output that is
+    off by a constant 0.05 has v-MSE 0.0025 / sigma^2 per example (docs/resolution.md)."""
+    cfg = _diffusion_cfg(schedule="cosine")
+    x0 = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (B, D, D, 3)), jnp.float32)
+    off = lambda z, logsnr_b, labels_b: x0 + 0.05
+    _, aux = _loss(off, x0, 6, cfg, D, prediction="x0")
+    logsnr_b = np.asarray(schedules.get_logsnr_fn(cfg, D)(aux["t_b"]), np.float64)
+    sigma2 = 1.0 / (1.0 + np.exp(logsnr_b))
+    # float32: v_hat = (alpha z - x0_hat) / sigma loses ~1e-7 of |z| against a 0.05 error.
+    np.testing.assert_allclose(aux["loss_b"], 0.0025 / sigma2, rtol=1e-4)
 
 
 @pytest.mark.parametrize("multiscale", [False, True])

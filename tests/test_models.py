@@ -220,7 +220,7 @@ def test_conv_input_transform_is_a_learned_patchify():
     assert spec.levels() == fixed.levels()
     z, logsnr, labels = inputs(cfg)
     params = nn.unbox(jit(model.init)(key(0), z, logsnr, labels))["params"]
-    width = cfg.base_channels * cfg.channel_multipliers[0]
+    width = max(cfg.base_channels * cfg.channel_multipliers[0], 4 * 4 * 3)  # Width floor.
     assert params["stem"]["kernel"].shape == (4, 4, 3, width)
     assert params["out_conv"]["kernel"].shape == (4, 4, width, 3)
     out = jit(model.apply)({"params": params}, z, logsnr, labels)

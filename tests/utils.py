@@ -64,7 +64,8 @@ def tiny_config(**overrides):
 
     c = quickstart.get_config()
     m = c.model
-    m.image_size, m.base_channels, m.channel_multipliers = 8, 8, (1, 2)
+    # First level 16 wide: above the width floor (12 for DWT-1 of RGB) and divisible by 8 devices.
+    m.image_size, m.base_channels, m.channel_multipliers = 8, 8, (2, 2)
     m.transformer_depth, m.num_heads, m.emb_dim = 1, 2, 16
     t = c.train
     t.num_steps, t.batch_size, t.log_every, t.checkpoint_every = 6, 8, 1, 3

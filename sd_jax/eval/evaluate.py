@@ -1,9 +1,12 @@
-"""`--mode=eval`: FID / sFID / IS of a samples .npz against an ADM reference batch.
+"""`--mode=eval`: FID / sFID / IS of a samples .npz against an ADM reference batch, and
+FD-digits / class accuracy / pixel checks when the data are the embedded digits.
 
     python launch.py --config=configs/imagenet512.py --workdir=DIR --mode=eval \
         --config.eval.inception_weights=inception_fid.npz \
         --config.eval.reference_npz=VIRTUAL_imagenet512.npz
 
+On `data.source='digits'` the digits scores (`digits_eval`, no download) are always computed
+and Inception only when `config.eval.inception_weights` is set.
 Samples: `config.eval.samples_npz`, default the newest .npz in <workdir>/samples. Results go to
 the console, <workdir>/eval_<samples name>.json and a line of <workdir>/metrics.jsonl. Every
 process computes the statistics (Inception batches split over its local devices); process 0
@@ -25,7 +28,7 @@ from etils import epath
 from sd_jax import checkpoint_integrity as integrity
 from sd_jax import paths
 from sd_jax.errors import UserError
-from sd_jax.eval import fid, inception, npz_io
+from sd_jax.eval import digits_eval, fid, inception, npz_io
 
 REF_BATCH_HELP = (
     "Download the ADM reference batch for your dataset (e.g. VIRTUAL_imagenet512.npz, "
@@ -37,8 +40,10 @@ REF_BATCH_HELP = (
 
 # config.model fields that change how the network is computed, not what it is.
 COMPUTE_ONLY_FIELDS = ("dtype", "remat", "attention_impl", "dropout", "dropout_max_resolution")
-LOGGED_KEYS = ("fid", "sfid", "inception_score", "inception_score_std", "num_samples",
-               "guidance_scale")
+LOGGED_KEYS = ("fid", "sfid", "inception_score", "inception_score_std", "fd_digits",
+               "class_accuracy", "hf_ratio", "colour_noise", "num_samples", "guidance_scale")
+SHOWN_KEYS = ("fid", "sfid", "inception_score", "fd_digits", "class_accuracy", "hf_ratio",
+              "colour_noise")
 
 
 def build_extractor(eval_cfg: ml_collections.ConfigDict) -> tuple[fid.ExtractFn, int]:
@@ -166,24 +171,36 @@ def write_results(workdir: str | os.PathLike, name: str | None, results: dict,
     paths.append_text(workdir / "metrics.jsonl", json.dumps(line) + "\n")
 
 
+def inception_metrics(config: ml_collections.ConfigDict, samples_path: epath.Path) -> dict:
+    """FID / sFID / IS of the samples against `config.eval.reference_npz`."""
+    extract_fn, batch_size = build_extractor(config.eval)
+    reference = reference_stats(config.eval.reference_npz, extract_fn, batch_size,
+                                config.eval.sfid)
+    results = evaluate(samples_path, reference, extract_fn, config.eval, batch_size)
+    return {**results, "reference": str(config.eval.reference_npz)}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """`--mode=eval`: evaluates the samples .npz, prints and writes the metrics."""
     samples_path = find_samples(config, workdir)
     meta = sample_metadata(samples_path)
     check_samples_model(samples_path, meta, config)
-    check_images(samples_path)  # Every input is checked before Inception runs.
-    check_reference(config.eval.reference_npz)
-    extract_fn, batch_size = build_extractor(config.eval)
+    check_images(samples_path)  # Every input is checked before any network runs.
+    digits = config.data.source == "digits"
+    use_inception = bool(config.eval.inception_weights) or not digits
+    if use_inception:
+        check_reference(config.eval.reference_npz)
     start = time.time()
-    reference = reference_stats(config.eval.reference_npz, extract_fn, batch_size,
-                                config.eval.sfid)
-    results = evaluate(samples_path, reference, extract_fn, config.eval, batch_size)
+    results = {}
+    if use_inception:
+        results.update(inception_metrics(config, samples_path))
+    if digits:
+        results.update(digits_eval.evaluate_npz(samples_path, config.eval.digits_classifier,
+                                                config.model.num_classes))
     results = {**meta, **results, "samples": str(samples_path),  # Measured values win.
-               "reference": str(config.eval.reference_npz),
                "seconds": round(time.time() - start, 1)}
     write_results(workdir, samples_path.stem, results, meta.get("step"))
     if jax.process_index() == 0:
-        shown = ", ".join(f"{k}={results[k]:.4g}" for k in ("fid", "sfid", "inception_score")
-                          if k in results)
+        shown = ", ".join(f"{k}={results[k]:.4g}" for k in SHOWN_KEYS if k in results)
         print(f"eval {samples_path.name} ({results['num_samples']} images): {shown}", flush=True)
     return results

@@ -10,6 +10,7 @@ import ml_collections
 
 from sd_jax.errors import UserError
 from sd_jax.models import transforms
+from sd_jax.models.colour import COLOUR_TRANSFORMS
 
 # model.input_transform: the fixed transforms, or 'conv' (a learned patch_size x patch_size,
 # stride patch_size conv in, transposed conv out: the paper's "conv 4x4"; see unet.UNet).
@@ -53,6 +54,7 @@ class ModelSpec:
     dtype: str
     remat: str
     attention_impl: str
+    colour_transform: str
 
     @classmethod
     def from_config(cls, model_cfg: ml_collections.ConfigDict) -> ModelSpec:
@@ -60,6 +62,7 @@ class ModelSpec:
         names = [f.name for f in dataclasses.fields(cls)]
         values = {n: model_cfg[n] for n in names if n in model_cfg}
         values.setdefault("attention_impl", "xla")
+        values.setdefault("colour_transform", "none")
         missing = sorted(set(names) - set(values))
         if missing:
             raise UserError(f"config.model is missing fields {missing}; build on configs/base.py")
@@ -79,6 +82,25 @@ class ModelSpec:
         if self.input_transform == "conv":
             return self.patch_size
         return transforms.factor(self.input_transform, self.patch_size)
+
+    @property
+    def input_channels(self) -> int:
+        """Channels per position after the input transform (48 for DWT-2 of RGB; for the learned
+        'conv', the values in one patch its head writes)."""
+        return self.image_channels * self.transform_factor**2
+
+    def level_width(self, i: int) -> int:
+        """Width of conv level i: `base_channels * channel_multipliers[i]`, and for the first
+        level at least `input_channels`.
+
+        Why the floor: the stem (a conv from the input's C channels) and the output head (a conv
+        into them) are linear maps between the input and the first level's features. With fewer
+        features than C the head's outputs span at most a (width / C) fraction of the image space:
+        in the rest the network cannot predict the noise, so DDPM/DDIM carry the initial noise
+        through to t = 0 (docs/resolution.md measures it: 64 px, DWT-2, width 32 < 48).
+        """
+        width = self.base_channels * self.channel_multipliers[i]
+        return max(width, self.input_channels) if i == 0 else width
 
     @property
     def architecture(self) -> type:
@@ -108,7 +130,7 @@ class ModelSpec:
         plus its middle block."""
         if self.has_transformer:
             return [self.transformer_width]
-        return [lv.channels for lv in self.levels() if lv.attention] + [self.transformer_width]
+        return [lv.channels for lv in self.levels() if lv.attention] + [self.levels()[-1].channels]
 
     def dropout_at(self, resolution: int) -> float:
         """Dropout rate for blocks running at `resolution` (paper: only at 16x16 and below)."""
@@ -126,8 +148,8 @@ class ModelSpec:
             into_transformer = self.has_transformer and i == num_conv - 1
             levels.append(Level(
                 resolution=res,
-                channels=self.base_channels * mults[i],
-                down_channels=None if last else self.base_channels * mults[i + 1],
+                channels=self.level_width(i),
+                down_channels=None if last else self.level_width(i + 1),
                 down_logical="embed" if into_transformer else "conv_out",
                 attention=conv_attention and res in self.attention_resolutions,
                 dropout=self.dropout_at(res),
@@ -139,10 +161,14 @@ class ModelSpec:
         """Raises UserError when the config cannot describe a network."""
         _ = self.architecture  # An unknown model.arch raises here, listing the registered ones.
         choices = [("input_transform", TRANSFORMS), ("remat", REMAT),
-                   ("attention_impl", ATTENTION_IMPLS)]
+                   ("attention_impl", ATTENTION_IMPLS),
+                   ("colour_transform", COLOUR_TRANSFORMS)]
         for field, allowed in choices:
             if getattr(self, field) not in allowed:
                 raise UserError(f"model.{field}={getattr(self, field)!r}; use one of {allowed}")
+        if self.colour_transform != "none" and self.image_channels != 3:
+            raise UserError(f"model.colour_transform={self.colour_transform!r} needs RGB images "
+                            f"(image_channels=3, got {self.image_channels}); use 'none'")
         if self.has_transformer and len(self.channel_multipliers) < 2:
             raise UserError(f"model.arch={self.arch!r} needs >= 2 channel_multipliers (conv "
                             "levels + transformer)")

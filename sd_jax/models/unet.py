@@ -1,10 +1,10 @@
 """The paper's U-Net baseline, and the conv encoder/decoder that the U-ViTs share with it.
 
-Layout (ADM-style): input transform -> 3x3 conv stem -> per level `num_res_blocks` ResBlocks
-(+ self-attention at `attention_resolutions`), each output kept as a U-Net skip -> 2x2 stride-2
-conv down -> middle -> per level: 2x2 stride-2 transposed conv up, `num_res_blocks + 1`
+Layout (ADM-style): colour and input transform -> 3x3 conv stem -> per level `num_res_blocks`
+ResBlocks (+ self-attention at `attention_resolutions`), each output kept as a U-Net skip -> 2x2
+stride-2 conv down -> middle -> per level: 2x2 stride-2 transposed conv up, `num_res_blocks + 1`
 ResBlocks on [h, skip] -> GroupNorm-swish-conv head (zero-initialised, float32) -> inverse
-transform. With `residual_skips` (SiD2's residual U-ViT) there are no block-wise skips; each
+transforms. With `residual_skips` (SiD2's residual U-ViT) there are no block-wise skips; each
 down/up step is wrapped in one residual: `h = up(x - h_after_down) + h_before_down`.
 With `input_transform='conv'` (the paper's "conv 4x4") the stem is a learned p x p stride-p conv
 on the pixels and the head a p x p stride-p transposed conv back to them (p = `patch_size`).
@@ -17,7 +17,7 @@ from typing import ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sd_jax.models import layers, transforms
+from sd_jax.models import colour, layers, transforms
 from sd_jax.models.spec import Level, ModelSpec
 
 
@@ -64,10 +64,10 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, z_bhwc: jnp.ndarray, logsnr_b: jnp.ndarray, labels_b: jnp.ndarray,
                  train: bool = False) -> jnp.ndarray:
-        """Maps noisy images [B, H, W, C] to the v / eps prediction, float32, same shape."""
+        """Maps noisy images [B, H, W, C] to the v / eps / x0 prediction, float32, same shape."""
         spec, dtype = self.spec, self.spec.compute_dtype
         learned = spec.input_transform == "conv"  # Else a fixed, exactly inverted transform.
-        x = z_bhwc.astype(jnp.float32)
+        x = colour.forward(z_bhwc.astype(jnp.float32), spec.colour_transform)
         if not learned:
             x = transforms.forward(x, spec.input_transform, spec.patch_size)
         emb = layers.ConditionEmbedding(spec.emb_dim, spec.num_classes, dtype, name="cond")(
@@ -104,8 +104,9 @@ class UNet(nn.Module):
         head = dict(zero=True, in_name=layers.NORM_AXIS, out_name=layers.NORM_AXIS,
                     name="out_conv")
         if learned:
-            return layers.conv_transpose(spec.image_channels, spec.patch_size, jnp.float32,
-                                         **head)(h).astype(jnp.float32)
-        out = layers.conv(x.shape[-1], 3, jnp.float32, **head)(h)
-        out = transforms.inverse(out, spec.input_transform, spec.patch_size)
-        return out.astype(jnp.float32)
+            out = layers.conv_transpose(spec.image_channels, spec.patch_size, jnp.float32,
+                                        **head)(h)
+        else:
+            out = layers.conv(x.shape[-1], 3, jnp.float32, **head)(h)
+            out = transforms.inverse(out, spec.input_transform, spec.patch_size)
+        return colour.inverse(out, spec.colour_transform).astype(jnp.float32)
