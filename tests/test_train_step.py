@@ -191,10 +191,11 @@ def collectives(hlo: str, op: str) -> list[tuple[str, tuple[int, ...]]]:
 
 
 COMPUTE_DTYPE_8_DEVICES = """
-import glob, json, os, sys, tempfile
+import json, sys
 sys.path.insert(0, "tests")
 import jax, jax.numpy as jnp
 from utils import tiny_config
+from experiments import xla_stats
 from sd_jax import models, sharding, train_state, train_step
 
 out = {}
@@ -211,14 +212,12 @@ for dtype in ("bfloat16", "float32"):
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh))
     lowered = train_step.make_train_step(model, tx, cfg, mesh, shardings).lower(
         abstract, batch, rng)
-    dump = tempfile.mkdtemp()
-    compiled = lowered.compile(compiler_options={
-        "xla_dump_to": dump, "xla_dump_hlo_pass_re": "float-normalization-bf16"})
-    before = glob.glob(os.path.join(dump, "*train_step*before_float-normalization-bf16.txt"))
+    compiled, before, source = xla_stats.compile_for_collectives(lowered)
+    assert source == "before XLA:CPU's bf16 widening", source
     sharded = [list(x.shape) for x, s in zip(jax.tree.leaves(abstract.params),
                                              jax.tree.leaves(shardings.params))
                if not s.is_fully_replicated]
-    out[dtype] = {"partitioned": open(before[0]).read(), "final": compiled.as_text(),
+    out[dtype] = {"partitioned": before, "final": compiled.as_text(),
                   "sharded_weights": sharded}
 print("HLO_JSON" + json.dumps(out))
 """
