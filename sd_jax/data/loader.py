@@ -61,6 +61,35 @@ def hide_accelerators(worker_index: int, worker_count: int) -> None:
         sys.modules["jax"].config.update("jax_platforms", "cpu")
 
 
+def release_shared_memory(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Copies a batch out of the workers' shared memory, so each block is unlinked now.
+
+    grain hands worker batches over as arrays backed by shared memory, unlinked (on a thread)
+    when the array is freed. The caller keeps a batch as long as it likes: the trainer's loop
+    variable holds the last one until training returns, and on CPU `jax.device_put` may alias
+    it, so the unlink could be left for the interpreter's exit, where the resource tracker
+    reports it as leaked. A host copy of the batch decouples the two lifetimes.
+    """
+    return {key: np.array(value, copy=True) for key, value in batch.items()}
+
+
+def wait_for_shared_memory_release() -> None:
+    """Waits until grain's deletion thread has unlinked every block freed so far.
+
+    grain unlinks a freed worker batch on a one-thread pool (`SharedMemoryArray.enable_async_del`),
+    which is not joined at exit: a process that ends right after training (launch.py does) would
+    leave the blocks to the resource tracker. A no-op task queued behind them returns once they
+    are done. The pool is a private attribute of grain; without it there is nothing to wait for.
+    """
+    try:
+        from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+    except ImportError:  # Another grain layout: nothing known to wait for.
+        return
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)
+    if pool is not None:
+        pool.apply(int)
+
+
 class Loader:
     """One process's batches (see the module docstring for the contract).
 
@@ -141,6 +170,8 @@ class Loader:
         self._iterators.add(it)
         try:
             for step, batch in zip(itertools.count(start_step), it):
+                if self.num_workers:
+                    batch = release_shared_memory(batch)
                 yield step, self._finish(step, batch)
         finally:
             self._iterators.discard(it)
@@ -148,12 +179,15 @@ class Loader:
             # grain's last batches sit in reference cycles; collecting them now unlinks their
             # shared memory, which otherwise waits for the interpreter's exit (and a warning).
             gc.collect()
+            wait_for_shared_memory_release()
 
     def close(self) -> None:
         """Stops the worker processes of iterators still open."""
         for it in list(self._iterators):
             it.close()
         self._iterators.clear()
+        gc.collect()
+        wait_for_shared_memory_release()
 
 
 def build_source(data_cfg: ml_collections.ConfigDict) -> Source:
