@@ -24,8 +24,9 @@ workdir per run, all rewritten after every run. Re-running reuses finished runs 
 `scores.json`). Seeds: every `--seeds` for the ablations in `--multi_seed` (default: schedule,
 whose arms the paper separates by the least), the first seed for the others.
 
-Budget (default, 64 px): 12 runs of 500 steps x batch 32 plus 3 x 100 samples x 32 sampler
-steps each, sized from the measured 64 px training rate to about 60 minutes on 2 idle cores;
+Budget (default, 64 px): 12 runs of 1,250 steps x batch 32 plus 3 x 100 samples x 32 sampler
+steps each, sized from the measured idle 64 px rate (~225 training images/s, ~2.2 min per run
+at 500 steps) to about 50 minutes on 2 idle cores;
 README.md, "Miniature ablations", gives the measured wall time and the load it ran under.
 """
 
@@ -48,8 +49,8 @@ from sd_jax import images  # noqa: E402
 from sd_jax.errors import UserError  # noqa: E402
 
 RECIPE = "recipe"
-# The full reproduction: 60 minutes on 2 idle cores (docs/resolution.md, "Miniature budget").
-DEFAULTS = {64: {"steps": 500, "seeds": "0,1"}, 128: {"steps": 250, "seeds": "0"}}
+# The full reproduction: within 60 minutes on 2 idle cores (README, "Miniature ablations").
+DEFAULTS = {64: {"steps": 1250, "seeds": "0,1"}, 128: {"steps": 250, "seeds": "0"}}
 
 
 def arms(size: int) -> dict[str, list[tuple[str, dict]]]:
