@@ -50,7 +50,7 @@ from sd_jax.errors import UserError  # noqa: E402
 
 RECIPE = "recipe"
 # The full reproduction: within 60 minutes on 2 idle cores (README, "Miniature ablations").
-DEFAULTS = {64: {"steps": 1250, "seeds": "0,1"}, 128: {"steps": 250, "seeds": "0"}}
+DEFAULTS = {64: {"steps": 1250, "seeds": "0,1"}, 128: {"steps": 1250, "seeds": "0"}}
 
 
 def arms(size: int) -> dict[str, list[tuple[str, dict]]]:
