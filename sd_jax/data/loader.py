@@ -182,7 +182,9 @@ class Loader:
             wait_for_shared_memory_release()
 
     def close(self) -> None:
-        """Stops the worker processes of iterators still open."""
+        """Stops the worker processes of iterators still open (one left by a `break`)."""
+        if not self._iterators:  # Each finished `iterate` has released its own blocks.
+            return
         for it in list(self._iterators):
             it.close()
         self._iterators.clear()
