@@ -173,12 +173,8 @@ def save_weights(variables: dict, path: str | os.PathLike, test_accuracy: float
                  ) -> epath.Path:
     """Writes the weights (and their test accuracy) atomically as an .npz."""
     path = paths.as_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flat = traverse_util.flatten_dict(variables, sep="/")
     tmp = path.parent / f"{path.name}.{os.getpid()}.tmp"
-    with tmp.open("wb") as f:  # A file object keeps numpy from appending ".npz".
-        np.savez(f, test_accuracy=np.float64(test_accuracy),
-                 **{k: np.asarray(v, np.float32) for k, v in flat.items()})
+    npz_io.save_tree(tmp, variables, test_accuracy=np.float64(test_accuracy))
     tmp.replace(path)  # Concurrent builders: the last complete file wins, never a partial.
     return path
 
@@ -189,12 +185,11 @@ def load_weights(path: str | os.PathLike) -> tuple[dict, float]:
     if not path.is_file():
         raise UserError(f"digits classifier {path} does not exist; build it with "
                         f"`python -m sd_jax.eval.digits_net --out={path}`")
-    expected = traverse_util.flatten_dict(abstract_variables(), sep="/")
     flat = npz_io.load(path, "digits classifier")
     accuracy = float(flat.pop("test_accuracy", np.nan))
-    bad = sorted(k for k in expected if k not in flat or flat[k].shape != expected[k].shape)
-    if bad or set(flat) - set(expected):
-        raise UserError(f"{path} is not a digits classifier v{VERSION} file (e.g. {bad[:2]}); "
+    problem = npz_io.tree_mismatch(flat, abstract_variables())
+    if problem:
+        raise UserError(f"{path} is not a digits classifier v{VERSION} file ({problem}); "
                         f"delete it and rerun to rebuild")
     return traverse_util.unflatten_dict(flat, sep="/"), accuracy
 

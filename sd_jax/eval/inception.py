@@ -260,12 +260,7 @@ def random_variables(seed: int = 0) -> dict:
 
 def save_weights(variables: dict, path: str | os.PathLike) -> epath.Path:
     """Writes the variable tree as an .npz with '/'-joined keys (the documented format)."""
-    path = as_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
-    with path.open("wb") as f:  # A file object keeps numpy from appending ".npz".
-        np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
-    return path
+    return npz_io.save_tree(path, jax.device_get(variables))
 
 
 def load_weights(path: str | os.PathLike | None) -> dict:
@@ -277,15 +272,11 @@ def load_weights(path: str | os.PathLike | None) -> dict:
         raise UserError(f"Inception weights file {path} does not exist. {WEIGHTS_HELP}")
     if path.suffix == ".pth":
         raise UserError(f"{path} is a torch file; convert it first. {WEIGHTS_HELP}")
-    expected = traverse_util.flatten_dict(abstract_variables(), sep="/")
     flat = npz_io.load(path, "Inception weights file")  # Pickles refused; truncation -> one line.
-    missing = sorted(set(expected) - set(flat))
-    unexpected = sorted(set(flat) - set(expected))
-    bad = [k for k in expected if k in flat and flat[k].shape != expected[k].shape]
-    if missing or unexpected or bad:
-        raise UserError(
-            f"{path} is not an FID Inception-v3 weights file: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}, wrong shapes {bad[:3]}. {WEIGHTS_HELP}")
+    problem = npz_io.tree_mismatch(flat, abstract_variables())
+    if problem:
+        raise UserError(f"{path} is not an FID Inception-v3 weights file: {problem}. "
+                        f"{WEIGHTS_HELP}")
     return traverse_util.unflatten_dict(
         {k: v.astype(np.float32) for k, v in flat.items()}, sep="/")
 

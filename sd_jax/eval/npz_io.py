@@ -18,6 +18,7 @@ from typing import IO
 
 import numpy as np
 from etils import epath
+from flax import traverse_util
 
 from sd_jax.errors import UserError
 from sd_jax.paths import as_path, discard_upload, is_uri
@@ -186,3 +187,25 @@ def iter_rows(path: str | os.PathLike, key: str = "arr_0", batch_rows: int = 100
                 n = min(batch_rows, shape[0] - start)
                 buf = f.read(n * row_bytes)
                 yield np.frombuffer(buf, dtype).reshape((n, *shape[1:]))
+
+
+def save_tree(path: str | os.PathLike, tree: dict, **extra: np.ndarray) -> epath.Path:
+    """Writes a variable tree as float32 arrays under '/'-joined keys (plus `extra` arrays)."""
+    path = as_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    with path.open("wb") as f:  # A file object keeps numpy from appending ".npz".
+        np.savez(f, **extra, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
+    return path
+
+
+def tree_mismatch(flat: dict[str, np.ndarray], abstract: dict) -> str:
+    """'' if `flat` ('/'-joined arrays, as `save_tree` writes) has exactly the keys and shapes of
+    the variable tree `abstract`, else one line naming what is missing, unexpected or mis-shaped."""
+    expected = traverse_util.flatten_dict(abstract, sep="/")
+    missing = sorted(set(expected) - set(flat))
+    unexpected = sorted(set(flat) - set(expected))
+    bad = sorted(k for k in expected if k in flat and flat[k].shape != expected[k].shape)
+    if not (missing or unexpected or bad):
+        return ""
+    return f"missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes {bad[:3]}"
