@@ -3,7 +3,7 @@
 `python launch.py --config=configs/digits_hires.py --workdir=/tmp/d64` (64 px) or
 `--config=configs/digits_hires.py:128`. The digits are rendered at `model.image_size` by the
 loader (bicubic from 8x8). Everything not set here is configs/quickstart.py; docs/resolution.md
-explains the choices and measures the samples (experiments/miniature.py runs the ablations).
+explains the choices and measures the samples (experiments/miniature/miniature.py runs the ablations).
 """
 
 import ml_collections
@@ -37,7 +37,7 @@ def get_config(size: str = "64") -> ml_collections.ConfigDict:
 
     d = c.diffusion
     d.noise_d = 32  # The quickstart's schedule (noise_d 32 at 16 px) shifted by 2 log(16/size).
-    d.multiscale = False  # Off as in the quickstart (experiments/miniature.py ablates it).
+    d.multiscale = False  # Off as in the quickstart (experiments/miniature/miniature.py ablates it).
     d.logsnr_max = 7.5  # The v-loss weighs an x0 output's error by 1 / sigma^2 = 1 + SNR: clip
     # the clean end (before the shift) so no step dominates (paper: 15, with v outputs).
     return c

@@ -1,1 +1,1 @@
-"""Experiments: sweeps, aggregation, benchmark, SNR figure (scripts; not part of the package)."""
+"""Studies, one folder each with a README of its result (experiments/README.md)."""

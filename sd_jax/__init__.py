@@ -3,7 +3,8 @@
 import os
 
 # gs:// paths through etils.epath's fsspec backend (gcsfs), not TensorFlow's tf.io.gfile: set
-# before any epath use (epath reads it once). Override with EPATH_USE_TF=true. See sd_jax/paths.py.
+# before any epath use (epath reads it once). Override with EPATH_USE_TF=true. See
+# sd_jax/io/paths.py.
 os.environ.setdefault("EPATH_USE_TF", "false")
 # Quiet by default: TensorFlow (imported by the data layer and clu's writers) otherwise prints
 # C++ INFO lines at import (oneDNN and CPU-feature notices) that no --verbosity controls. TF does

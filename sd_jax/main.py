@@ -111,16 +111,16 @@ def log_devices() -> None:
 def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str) -> None:
     """Validates the whole config, then runs one mode. Modules are imported lazily so `inspect`
     never imports the data layer."""
-    from sd_jax import config_validation
+    from sd_jax import validate as config_validation
 
     config_validation.validate(config, mode)  # Before any data, state or compilation.
     if mode == "inspect":
-        from sd_jax import inspect_model
+        from sd_jax.tools import inspect as inspect_model
 
         inspect_model.run(config)
         return
     if mode == "plan":
-        from sd_jax import plan
+        from sd_jax.tools import plan
 
         plan.run(config)
         return
@@ -130,15 +130,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str) -> No
     # samples) and report a missing one themselves. All of them write there.
     config_validation.check_workdir(workdir, create=mode == "train")
     if mode == "train":
-        from sd_jax import trainer
+        from sd_jax.train import loop as trainer
 
         trainer.train(config, workdir)
     elif mode == "sample":
-        from sd_jax import sample_mode
+        from sd_jax.sample import mode as sample_mode
 
         sample_mode.run(config, workdir)
     else:
-        from sd_jax.eval import evaluate
+        from sd_jax.eval import mode as evaluate
 
         evaluate.run(config, workdir)
 

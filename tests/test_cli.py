@@ -7,16 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from utils import REPO, child_env, config_args, run_launch, tiny_config
-
-
-def assert_one_line_error(proc, *words):
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    for word in words:
-        assert word in errors[0], errors[0]
+from utils import REPO, assert_one_line_error, child_env, config_args, run_launch, tiny_config
 
 
 def test_unknown_config_key(tmp_path):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 U32 = 2.0**-24  # float32 unit roundoff: the relative rounding error bound of one operation.
@@ -136,3 +139,64 @@ def damage_checkpoint(step_dir, kind: str):
         raise ValueError(kind)
     data.write_bytes(bytes(raw))
     return data
+
+
+def jax_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A persistent compilation cache shared by this session's tiny runs (same train step)."""
+    return str(tmp_path_factory.getbasetemp() / "sd_jax_tiny_jax_cache")
+
+
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def fast_env(cache_dir, num_devices: int) -> dict[str, str]:
+    """Shared persistent compile cache; unoptimised XLA CPU code compiles twice as fast."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices} {FAST_COMPILE}"}
+
+
+def check(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def assert_one_line_error(proc, *words):
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+# Child-process prelude of the end-to-end training tests: restore a workdir's state.
+PRELUDE = """
+import sys, json, numpy as np, jax
+sys.path.insert(0, "tests")
+from utils import tiny_config
+from sd_jax import models, sharding
+from sd_jax.checkpoints import checkpointer as checkpointing
+from sd_jax.train import state as train_state
+from sd_jax.train import loop as trainer
+W = {workdir!r}
+
+def flat(tree):
+    return {{jax.tree_util.keystr(k): np.asarray(v) for k, v in
+             jax.tree_util.tree_leaves_with_path(tree)}}
+
+def restore(workdir, cfg, devices):
+    mesh = sharding.make_mesh(cfg.mesh, devices)
+    model, tx = models.build_model(cfg.model), train_state.make_optimizer(cfg.optimizer)
+    abstract, _ = train_state.state_shardings(model, tx, cfg, mesh)
+    ckpt = checkpointing.Checkpointer(workdir)
+    state, meta = ckpt.restore(abstract)
+    ckpt.close()
+    return state, meta
+"""

@@ -2,7 +2,7 @@
 
 Everything here is plain NumPy + PIL, run by the loader's grain worker processes; the scaling
 to [-1, 1] and the flip are applied on the device by the train step
-(`sd_jax.train_step.device_images`, bitwise `to_float`).
+(`sd_jax.train.step.device_images`, bitwise `to_float`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ import os
 import numpy as np
 
 from sd_jax.errors import UserError
-from sd_jax.eval import digits_net, fid, npz_io, sample_quality
+from sd_jax.eval import digits_net, fid, sample_quality
+from sd_jax.io import npz as npz_io
 
 
 def digits_metrics(samples_u8: np.ndarray, labels: np.ndarray | None, variables: dict,

@@ -36,9 +36,9 @@ from etils import epath
 from flax import traverse_util
 from PIL import Image
 
-from sd_jax import paths
 from sd_jax.errors import UserError
-from sd_jax.eval import npz_io
+from sd_jax.io import npz as npz_io
+from sd_jax.io import paths
 
 INPUT_SIZE = 16
 FEATURES = 64

@@ -11,7 +11,7 @@ branch, first 7 channels, 17*17*7 = 2023-d, for sFID: the ADM evaluator's `mixed
 Weights format: an `.npz` whose keys are the flattened variable tree joined by "/", e.g.
 `params/Conv2d_1a_3x3/conv/kernel` (HWIO), `params/.../bn/scale`, `batch_stats/.../bn/mean`,
 `params/fc/kernel` ([2048, 1008]). Module names follow pytorch-fid's state dict, so
-`experiments/convert_inception_weights.py` maps `pt_inception-2015-12-05-6726825d.pth` onto it.
+`sd_jax/eval/convert_inception.py` maps `pt_inception-2015-12-05-6726825d.pth` onto it.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from etils import epath
 from flax import traverse_util
 
 from sd_jax.errors import UserError
-from sd_jax.eval import npz_io
-from sd_jax.paths import as_path
+from sd_jax.io import npz as npz_io
+from sd_jax.io.paths import as_path
 
 HIGHEST = jax.lax.Precision.HIGHEST  # FID must not depend on TF32 / bf16 matmul defaults.
 INPUT_SIZE = 299
@@ -43,7 +43,7 @@ WEIGHTS_HELP = (
     "Get pytorch-fid's weights file pt_inception-2015-12-05-6726825d.pth (GitHub release "
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
     "pt_inception-2015-12-05-6726825d.pth) and convert it on a machine with torch: "
-    "`python experiments/convert_inception_weights.py --pth=pt_inception-2015-12-05-6726825d.pth "
+    "`python -m sd_jax.eval.convert_inception --pth=pt_inception-2015-12-05-6726825d.pth "
     "--out=inception_fid.npz`, then pass --config.eval.inception_weights=inception_fid.npz "
     "(see README.md, 'Sampling and evaluation')"
 )

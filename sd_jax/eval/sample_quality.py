@@ -11,8 +11,8 @@ Both work on images in [0, 1] (uint8 arrays are divided by 255) of shape [N, H, 
   about 0.8 s.
 
 `quality_metrics(samples, data)` returns both for samples next to the data's values; the
-miniature ablations (experiments/miniature.py) and the resolution study (docs/resolution.md)
-report them per arm.
+miniature ablations (experiments/miniature/miniature.py) and the resolution study
+(docs/resolution.md) report them per arm.
 """
 
 from __future__ import annotations

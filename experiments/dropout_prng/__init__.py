@@ -1,0 +1,1 @@
+"""Dropout PRNG implementations study (README.md)."""

@@ -1,0 +1,1 @@
+"""bfloat16 vs float32 study (README.md)."""

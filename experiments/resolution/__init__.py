@@ -1,0 +1,1 @@
+"""The resolution study behind docs/resolution.md (README.md)."""

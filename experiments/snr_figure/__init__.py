@@ -1,0 +1,1 @@
+"""The SNR-under-pooling figure (README.md)."""

@@ -1,0 +1,1 @@
+"""64 px vs 16 px throughput (README.md)."""

@@ -1,0 +1,362 @@
+"""Orbax checkpoints in `<workdir>/checkpoints/<step>/{state,meta}`: async, atomic, verified.
+
+A checkpoint holds the whole `TrainState` plus a JSON `meta` item with the data position (the
+loader is deterministic by step, so `step` and `seed` pin it), the model config and a checksum of
+every array (`checkpoint_integrity`). Orbax writes each step into a temporary directory and
+renames it only when complete (in a gs:// bucket, which has no rename, it writes
+`commit_success.txt` last and ignores steps without it), so an interrupted save never replaces
+the last good checkpoint; leftover temporary directories are removed on the next start.
+
+Restoring checks the stored tree against the configured model first (a different model is a
+one-line `UserError`, before orbax reads anything), then restores and compares the checksums.
+A checkpoint that cannot be read back as saved (truncated, files missing, a checksum differs) is
+reported in one line and the next older one is used; a training run moves the damaged ones to
+`<workdir>/damaged_checkpoints/` (never deletes them), so it can write those steps again.
+Paths are `etils.epath` paths (`sd_jax.io.paths`), so all of this works in a gs:// bucket too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from orbax.checkpoint import checkpoint_managers
+
+from sd_jax import sharding
+from sd_jax.checkpoints import integrity
+from sd_jax.errors import UserError
+from sd_jax.io import paths
+
+CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"  # Next to CHECKPOINT_DIR, where orbax never looks.
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
+    """Where a run's checkpoints live (a local path or a gs:// URI)."""
+    return paths.as_path(workdir) / CHECKPOINT_DIR
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be read back as it was saved (the message says why)."""
+
+
+def _first_line(error: BaseException, limit: int = 240) -> str:
+    """The innermost cause of `error` on one short line (TensorStore's outer message dumps a spec
+    of many lines; the cause names the file and what is wrong with it)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    text = " ".join(str(error).split("See full TensorStore details")[0].split())
+    text = text or type(error).__name__
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads() -> Iterator[None]:
+    """Orbax reads arrays in many coroutines; when one read fails, the others are abandoned and
+    Python would print each, when collected, as an 'Exception ignored' traceback of a TensorStore
+    spec. The failure is reported in one line instead, so those (and only orbax's) are dropped."""
+    previous = sys.unraisablehook
+
+    def hook(info: Any) -> None:
+        frames = traceback.extract_tb(info.exc_traceback) if info.exc_traceback else []
+        if not any("orbax" in frame.filename for frame in frames):
+            previous(info)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()  # Collect the abandoned coroutines while the filter is in place.
+        sys.unraisablehook = previous
+
+
+def _tree_metadata(item_dir: epath.Path) -> Any:
+    """The stored tree of one item (shapes and dtypes per leaf), read without restoring it."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        return handler.metadata(item_dir)
+    finally:
+        handler.close()
+
+
+def _all_processes_agree(ok: bool) -> bool:
+    """True only if `ok` on every process (damage may show on the process reading one shard)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+class Checkpointer:
+    """A thin wrapper over `ocp.CheckpointManager` with the items 'state' and 'meta'."""
+
+    def __init__(self, workdir: str | os.PathLike, keep: int = 3, read_only: bool = False):
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=checkpoint_managers.LatestN(n=max(int(keep), 1)),
+            enable_async_checkpointing=not read_only,
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self.directory, self.read_only = checkpoint_dir(workdir), read_only
+        self.manager = ocp.CheckpointManager(
+            self.directory, item_names=("state", "meta"), options=options
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Starts an async save (returns once arrays are copied off the devices).
+
+        The checksums are computed on the devices from `state` itself, before the save starts.
+        """
+        if step in self.manager.all_steps():
+            return
+        meta = {**meta, "checksums": integrity.fingerprints(state)}
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+
+    def restore(self, target: Any, step: int | None = None,
+                model_cfg: ml_collections.ConfigDict | None = None, partial: bool = False
+                ) -> tuple[Any, dict[str, Any]]:
+        """Restores one step as (state, meta) onto the shardings of `target`'s leaves.
+
+        The saved layout does not matter: a checkpoint written on 8 devices restores on 1.
+        `partial`: `target` holds only some top-level entries (e.g. `{"ema_params": ...}`).
+        Raises UserError when the checkpoint holds another model (checked before reading any
+        array), DamagedCheckpoint when it cannot be read back as saved.
+        """
+        step = self.latest_step() if step is None else step
+        where = str(self.directory / str(step))
+        try:
+            meta = dict(self.manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+            saved_tree = _tree_metadata(self.directory / str(step) / "state")
+        except FileNotFoundError as e:
+            raise DamagedCheckpoint(f"a file is missing ({_first_line(e)})") from e
+        except Exception as e:  # Orbax / TensorStore raise many types for damaged files.
+            raise DamagedCheckpoint(f"its metadata is unreadable ({_first_line(e)})") from e
+        integrity.check_same_model(where, saved_tree, target, meta.get("model"), model_cfg,
+                                   partial)
+        with _quiet_abandoned_reads():  # Exits after the exception below is released.
+            try:
+                restored, error = self._restore_state(step, target, partial), None
+            except Exception as e:  # TensorStore reports a truncated file as a bare Exception.
+                restored, error = None, f"reading it failed ({_first_line(e)})"
+        if not _all_processes_agree(error is None):
+            raise DamagedCheckpoint(error or "another process could not read it")
+        if "checksums" not in meta:
+            logging.warning("checkpoint %s has no checksums (older format): not verified", where)
+        elif bad := integrity.first_mismatch(restored, meta["checksums"]):
+            raise DamagedCheckpoint(f"{bad} differs from what was saved (checksum)")
+        return restored, meta
+
+    def _restore_state(self, step: int, target: Any, partial: bool) -> Any:
+        if not partial:
+            state = ocp.args.StandardRestore(target)
+        else:
+            state = ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True)
+        return self.manager.restore(step, args=ocp.args.Composite(state=state)).state
+
+    def restore_newest_intact(self, target: Any, model_cfg: ml_collections.ConfigDict,
+                              partial: bool = False) -> tuple[Any, dict[str, Any], int] | None:
+        """(state, meta, step) of the newest checkpoint that restores and verifies, else None.
+
+        Each damaged checkpoint is reported in one line; unless read-only, the damaged ones newer
+        than the one used are moved to <workdir>/damaged_checkpoints/. Raises UserError (naming
+        them, moving nothing) when every checkpoint is damaged.
+        """
+        damaged: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, meta = self.restore(target, step, model_cfg, partial)
+            except DamagedCheckpoint as e:
+                damaged.append((step, str(e)))
+                continue
+            for bad, why in damaged:
+                self._report(bad, why, step)
+            if damaged and not self.read_only:
+                self._set_aside([bad for bad, _ in damaged])
+            return state, meta, step
+        if damaged:
+            listed = "; ".join(f"{self.directory / str(s)}: {why}" for s, why in damaged)
+            raise UserError(f"every checkpoint is damaged ({listed}); nothing to resume from. "
+                            "Move them aside or use a new --workdir to start afresh")
+        return None
+
+    def _report(self, step: int, why: str, used: int) -> None:
+        if jax.process_index() != 0:
+            return
+        if self.read_only:
+            action = f"using step {used} instead"
+        else:
+            action = (f"moving it to {self.directory.parent / DAMAGED_DIR} and resuming from "
+                      f"step {used}")
+        print(f"warning: checkpoint {self.directory / str(step)} is damaged: {why}; {action}",
+              file=sys.stderr, flush=True)
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves damaged steps out of orbax's sight (so they can be written again); keeps them."""
+        if jax.process_index() == 0:
+            target_dir = self.directory.parent / DAMAGED_DIR
+            for step in steps:
+                dest, n = target_dir / str(step), 1
+                while dest.exists():  # The same step damaged again: keep both.
+                    n += 1
+                    dest = target_dir / f"{step}.{n}"
+                paths.move_tree(self.directory / str(step), dest)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("sd_jax_damaged_checkpoints_moved")
+        self.manager.reload()
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether JAX's preemption sync point is `step`: some process got a preemption notice
+        (in open-source JAX: SIGTERM, e.g. a spot VM's or a scheduler's shutdown) and all agreed
+        to stop at this step. Call it after every step on every process; False without
+        jax.distributed."""
+        return self.manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        """Blocks until in-flight async saves are committed."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for saves and releases the manager."""
+        self.manager.close()
+
+
+def data_meta(step: int, config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The JSON item saved with each checkpoint: where the (deterministic) data stream resumes,
+    and the model config (named in the error when a run restores it into another model)."""
+    return {
+        "step": int(step),
+        "seed": int(config.seed),
+        "batch_size": int(config.train.batch_size),
+        "process_count": jax.process_count(),
+        "model": integrity.model_record(config.model),
+    }
+
+
+def check_meta(meta: dict[str, Any], config: ml_collections.ConfigDict) -> None:
+    """Warns when a resumed run would not see the data an uninterrupted one would."""
+    for key, now in (("seed", config.seed), ("batch_size", config.train.batch_size)):
+        if key in meta and meta[key] != now:
+            logging.warning(
+                "resuming a checkpoint written with %s=%s under %s=%s: the data order differs",
+                key, meta[key], key, now,
+            )
+
+
+def abstract_params(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
+    """The params of `config.model` as ShapeDtypeStructs carrying their shardings on `mesh`.
+
+    Traced with `jax.eval_shape` (nothing allocated); no optimizer is built.
+    """
+    from sd_jax import models
+    from sd_jax.train import state as train_state
+
+    model = models.build_model(config.model)
+    boxed = jax.eval_shape(lambda r: train_state.init_variables(model, config, r),
+                           jax.random.PRNGKey(config.seed))
+    shardings = sharding.tree_shardings(boxed, mesh, sharding.rules_from_config(config))
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        nn.meta.unbox(boxed), shardings)
+
+
+def restore_inference_params(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, mesh: Mesh, use_ema: bool = True
+) -> tuple[Any, int]:
+    """Restores only the EMA (or, `use_ema=False`, raw) params of the newest intact checkpoint,
+    sharded for `mesh`: the optimizer state is neither built nor read.
+
+    Returns (params, step). Raises UserError if the workdir holds no checkpoint, or if the
+    checkpoint's params do not fit `config.model` exactly (checked before any array is read);
+    params whose checksums differ from the saved ones make it fall back to an older checkpoint.
+    """
+    directory = checkpoint_dir(workdir)
+    ckpt = Checkpointer(workdir, read_only=True) if directory.is_dir() else None
+    if ckpt is None or ckpt.latest_step() is None:
+        raise UserError(f"no checkpoint in {directory}; train first (--mode=train)")
+    key = "ema_params" if use_ema else "params"
+    try:
+        found = ckpt.restore_newest_intact({key: abstract_params(config, mesh)}, config.model,
+                                           partial=True)
+    finally:
+        ckpt.close()
+    state, _, step = found
+    return state[key], int(step)
+
+
+def jax_takes_sigterm() -> bool:
+    """True when JAX's preemption service owns SIGTERM: `jax.distributed.initialize()` installed
+    its (C) handler, which tells every process about a SIGTERM on any one of them through the
+    coordination service. A Python handler would replace it, so it is left in place."""
+    return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
+
+
+class StopSignal:
+    """SIGTERM / SIGINT set a flag; the trainer checks it between steps, saves and exits.
+
+    All processes must stop at the same step, so with several processes the flag is combined
+    with an all-reduce every `check_every` steps; a single process checks every step for free.
+    A second signal gets the previous handler (e.g. Ctrl-C twice interrupts at once). Under
+    jax.distributed SIGTERM is JAX's (`jax_takes_sigterm`): the trainer stops at the preemption
+    sync point instead (`Checkpointer.reached_preemption`), so only SIGINT is handled here.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, check_every: int = 1):
+        self.received: int | None = None
+        self.check_every = max(int(check_every), 1)
+        self._previous: dict[int, Any] = {}
+        signals = (signal.SIGINT,) if jax_takes_sigterm() else self.SIGNALS
+        if threading.current_thread() is threading.main_thread():
+            for sig in signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        self.received = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        name = signal.Signals(signum).name
+        logging.warning("received %s: saving a checkpoint and stopping", name)
+
+    def should_stop(self, step: int) -> bool:
+        """Whether every process should stop after `step` (collective on multi-process runs)."""
+        if jax.process_count() == 1:
+            return self.received is not None
+        if step % self.check_every:
+            return False
+        flags = multihost_utils.process_allgather(np.int32(self.received is not None))
+        return bool(np.max(flags))
+
+    def close(self) -> None:
+        """Restores the previous handlers."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
