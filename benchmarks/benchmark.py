@@ -130,8 +130,7 @@ class Bench:
         from clu.parameter_overview import count_parameters
 
         from sd_jax import sharding
-        from sd_jax.models import build_model
-        from sd_jax.tools import inspect as inspect_model
+        from sd_jax.models import build_model, init, summary
         from sd_jax.train import state as train_state
 
         self.config, self.devices = config, jax.devices()
@@ -141,8 +140,7 @@ class Bench:
         self.state, self.shardings = train_state.create_train_state(
             self.model, self.tx, config, self.mesh)
         self.num_params = int(count_parameters(self.state.params))
-        self.forward_flops = inspect_model.forward_flops(
-            config.model, inspect_model.param_shapes(config.model))
+        self.forward_flops = summary.forward_flops(config.model, init.param_shapes(config.model))
         self.samplers: dict[int, dict[str, Any]] = {}
 
     def sampling(self, batch: int, timed_steps: int, full_steps: int) -> dict[str, Any]:

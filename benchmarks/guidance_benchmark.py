@@ -8,9 +8,9 @@ Times the whole sampler (one jitted `SamplingSpec.sample` call of `--num_steps` 
 set to cover all, half or a quarter of the steps (a middle range of the noise levels, as SiD2):
 
 - `sequential`: the conditional pass, then inside the interval the unconditional one, two
-  forwards on B rows (what `sampling.guided_output` did before it was batched);
+  forwards on B rows (what `samplers.guided_output` did before it was batched);
 - `batched_cond`: inside the interval one forward on 2B rows, outside it a `lax.cond` to one
-  forward on B rows (`sampling.guided_output` now);
+  forward on B rows (`samplers.guided_output` now);
 - `batched_always`: one forward on 2B rows at every step, the unconditional half dropped
   outside the interval (no `lax.cond`).
 
@@ -37,9 +37,9 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from sd_jax import models  # noqa: E402
-from sd_jax.diffusion import samplers as sampling  # noqa: E402
-from sd_jax.train import state as train_state  # noqa: E402
+from sd_jax import models, specs  # noqa: E402
+from sd_jax.diffusion import samplers  # noqa: E402
+from sd_jax.models.init import init_params  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).", lock_config=True)
 flags.DEFINE_integer("batch", 32, "Images per sampler call (B).")
@@ -77,30 +77,30 @@ def batched_always(denoise_fn, z_bhwc, logsnr_b, labels_b, *, guidance_scale,
     return jnp.where(inside, (1.0 + w) * out[:, 0] - w * out[:, 1], out[:, 0])
 
 
-VARIANTS = {"sequential": sequential, "batched_cond": sampling.guided_output,
+VARIANTS = {"sequential": sequential, "batched_cond": samplers.guided_output,
             "batched_always": batched_always}
 
 
-def middle_interval(spec: sampling.SamplingSpec, fraction: float) -> tuple[float, float]:
+def middle_interval(spec: samplers.SamplingSpec, fraction: float) -> tuple[float, float]:
     """logSNR bounds that hold the middle `fraction` of the sampler's noise levels."""
     if fraction >= 1.0:
         return -1e9, 1e9
-    grid = np.sort(np.asarray(spec.logsnr_fn()(jnp.arange(1, spec.num_steps + 1)
+    grid = np.sort(np.asarray(spec.diffusion.logsnr_fn()(jnp.arange(1, spec.num_steps + 1)
                                                 / spec.num_steps)))
     count = max(1, round(fraction * len(grid)))
     first = (len(grid) - count) // 2
     return float(grid[first]), float(grid[first + count - 1])
 
 
-def compile_variant(name: str, spec: sampling.SamplingSpec, model: nn.Module, params, labels):
+def compile_variant(name: str, spec: samplers.SamplingSpec, model: nn.Module, params, labels):
     """The sampler compiled with `VARIANTS[name]` as the guidance: a function of the rng."""
-    original, sampling.guided_output = sampling.guided_output, VARIANTS[name]
+    original, samplers.guided_output = samplers.guided_output, VARIANTS[name]
     try:  # A new function object: traced afresh with this guidance.
-        run = jax.jit(lambda p, rng, y: spec.sample(
-            lambda z, snr, c: model.apply({"params": p}, z, snr, c, train=False), rng, y))
+        run = jax.jit(lambda p, rng, y: samplers.sample(
+            lambda z, snr, c: model.apply({"params": p}, z, snr, c, train=False), rng, y, spec))
         run(params, jax.random.key(0), labels).block_until_ready()  # Compile.
     finally:
-        sampling.guided_output = original
+        samplers.guided_output = original
     return lambda rng: run(params, rng, labels).block_until_ready()
 
 
@@ -120,9 +120,9 @@ def main(argv: list[str]) -> None:
     del argv
     config = FLAGS.config
     config.sample.num_steps, config.sample.guidance_scale = FLAGS.num_steps, FLAGS.guidance_scale
-    spec = sampling.SamplingSpec.from_config(config)
+    spec = specs.sampling_spec(config)
     model = models.build_model(config.model)
-    params = nn.meta.unbox(train_state.init_variables(model, config, jax.random.key(0)))
+    params = nn.meta.unbox(init_params(model, config.model, jax.random.key(0)))
     labels = jnp.arange(FLAGS.batch) % max(config.model.num_classes, 1)
     load_before = os.getloadavg()
     runs = {}

@@ -111,13 +111,13 @@ def log_devices() -> None:
 def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str) -> None:
     """Validates the whole config, then runs one mode. Modules are imported lazily so `inspect`
     never imports the data layer."""
-    from sd_jax import validate as config_validation
+    from sd_jax.validate import check_workdir, validate
 
-    config_validation.validate(config, mode)  # Before any data, state or compilation.
+    validate(config, mode)  # Before any data, state or compilation.
     if mode == "inspect":
-        from sd_jax.tools import inspect as inspect_model
+        from sd_jax.tools import inspect
 
-        inspect_model.run(config)
+        inspect.run(config)
         return
     if mode == "plan":
         from sd_jax.tools import plan
@@ -128,19 +128,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str) -> No
         raise UserError(f"--workdir is required for --mode={mode}")
     # Train creates the workdir; sample and eval need one that exists (with checkpoints or
     # samples) and report a missing one themselves. All of them write there.
-    config_validation.check_workdir(workdir, create=mode == "train")
+    check_workdir(workdir, create=mode == "train")
     if mode == "train":
-        from sd_jax.train import loop as trainer
+        from sd_jax.train import loop
 
-        trainer.train(config, workdir)
+        loop.train(config, workdir)
     elif mode == "sample":
         from sd_jax.sample import mode as sample_mode
 
         sample_mode.run(config, workdir)
     else:
-        from sd_jax.eval import mode as evaluate
+        from sd_jax.eval import mode as eval_mode
 
-        evaluate.run(config, workdir)
+        eval_mode.run(config, workdir)
 
 
 def run_cli(

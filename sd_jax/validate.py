@@ -1,15 +1,18 @@
 """`validate(config, mode)`: the whole config, checked once before any data or state is built.
 
 `sd_jax.main.run` calls it first in every mode, so a bad sampler or `checkpoint_every=0` stops the
-run in its first second with one line, not at the first sample grid thousands of steps in. The
-checks are tables of config paths; the allowed values come from the modules that use them
-(`schedules.SCHEDULES`, `losses.LOSSES`, `sampling.SAMPLERS`, `ModelSpec.validate`, ...), so a new
-option added there is accepted here without an edit. Errors are `UserError`s with one line each.
-`check_workdir(workdir)` is the matching check of the run directory.
+run in its first second with one line, not at the first sample grid thousands of steps in. This is
+the one place config values are checked: the specs built from the config (`sd_jax.specs`) and the
+modules below trust them. The checks are tables of config paths; the allowed names come from the
+tables that implement them (`spec.SCHEDULES`, `losses.LOSSES`, `samplers.SAMPLERS`,
+`registry.ARCHITECTURES`, `sources.SOURCES`, ...), so a new option added there is accepted here
+without an edit. Errors are `UserError`s with one line each. `check_workdir(workdir)` is the
+matching check of the run directory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -21,28 +24,36 @@ import jax
 import ml_collections
 from etils import epath
 
-from sd_jax import models
-from sd_jax.diffusion import losses, schedules
-from sd_jax.diffusion import samplers as sampling
+from sd_jax.data.sources import SOURCES
+from sd_jax.diffusion import losses, process, samplers, schedules
+from sd_jax.diffusion.spec import SCHEDULES
 from sd_jax.errors import UserError
 from sd_jax.eval import fid, inception
 from sd_jax.io.paths import as_path, is_uri
+from sd_jax.models import colour, registry
+from sd_jax.models.spec import ATTENTION_IMPLS, REMAT, TRANSFORMS, ModelSpec
+from sd_jax.sample import mode as sample_mode
 
 MODES = ("train", "sample", "eval", "inspect", "plan")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")  # Matmul/conv dtypes the layers support.
-MODEL_PREDICTIONS = losses.PREDICTIONS  # What a network can output (losses.diffusion_loss).
 
 
 def _choices() -> dict[str, tuple[Any, ...]]:
-    """Config path -> allowed values, read from the modules that implement them."""
+    """Config path -> allowed values, read from the tables that implement them."""
     return {
+        "model.arch": tuple(registry.ARCHITECTURES),
         "model.dtype": COMPUTE_DTYPES,
-        "model.prediction": MODEL_PREDICTIONS,
-        "diffusion.schedule": tuple(schedules.SCHEDULES),
+        "model.prediction": tuple(process.PREDICTIONS),
+        "model.input_transform": TRANSFORMS,
+        "model.remat": REMAT,
+        "model.attention_impl": ATTENTION_IMPLS,
+        "model.colour_transform": colour.COLOUR_TRANSFORMS,
+        "diffusion.schedule": tuple(SCHEDULES),
         "diffusion.time_sampling": tuple(schedules.TIME_SAMPLING),
-        "diffusion.loss": tuple(losses.LOSSES),
+        "diffusion.loss": ("auto", *losses.LOSSES),  # 'auto': the architecture's default_loss.
         "diffusion.loss_weighting": tuple(losses.LOSS_WEIGHTINGS),
-        "sample.sampler": tuple(sampling.SAMPLERS),
+        "sample.sampler": tuple(samplers.SAMPLERS),
+        "data.source": tuple(SOURCES),
         "eval.inception_preprocess": inception.PREPROCESS_MODES,
         "eval.fid_method": fid.FID_METHODS,
     }
@@ -82,11 +93,16 @@ ATTENTION_LIMITS: dict[str, tuple[int, int, tuple[str, ...]] | None] = {
 }
 
 
+# Model fields younger than some configs, with the value such a config means.
+_DEFAULTS = {"model.attention_impl": "xla", "model.colour_transform": "none"}
+
+
 def _get(config: ml_collections.ConfigDict, path: str) -> Any:
+    parent, _, name = path.rpartition(".")
     node = config
-    for name in path.split("."):
-        node = node[name]
-    return node
+    for part in parent.split("."):
+        node = node[part]
+    return node[name] if name in node or path not in _DEFAULTS else _DEFAULTS[path]
 
 
 def _check_values(config: ml_collections.ConfigDict) -> None:
@@ -101,13 +117,41 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
                 raise UserError(f"config.{path}={value!r} must be {must_be}")
 
 
+def _check_model_fields(config: ml_collections.ConfigDict) -> None:
+    names = [f.name for f in dataclasses.fields(ModelSpec)]
+    missing = sorted(n for n in names if n not in config.model and f"model.{n}" not in _DEFAULTS)
+    if missing:
+        raise UserError(f"config.model is missing fields {missing}; build on configs/base.py")
+
+
 def _check_model(config: ml_collections.ConfigDict) -> None:
-    spec = models.ModelSpec.from_config(config.model)  # Raises UserError on bad values.
+    """What a network needs of `config.model` beyond each field's own range: the fields fit
+    together (sizes divide, widths split into heads) and the attention backend supports them."""
+    spec = ModelSpec.from_config(config.model)
+    arch = registry.ARCHITECTURES[spec.arch]
+    if spec.colour_transform != "none" and spec.image_channels != 3:
+        raise UserError(f"model.colour_transform={spec.colour_transform!r} needs RGB images "
+                        f"(image_channels=3, got {spec.image_channels}); use 'none'")
+    if arch.has_transformer and len(spec.channel_multipliers) < 2:
+        raise UserError(f"model.arch={spec.arch!r} needs >= 2 channel_multipliers (conv "
+                        "levels + transformer)")
+    if spec.input_transform in ("patch", "conv") and spec.patch_size < 1:
+        raise UserError(f"model.patch_size={spec.patch_size} must be >= 1")
+    total = spec.transform_factor * 2 ** (len(spec.channel_multipliers) - 1)
+    if spec.image_size % total:
+        raise UserError(
+            f"model.image_size={spec.image_size} is not divisible by the total downsampling "
+            f"{total} (input transform x 2 per level); change channel_multipliers")
+    for w in arch.attention_widths(spec):
+        if w % spec.num_heads:
+            raise UserError(f"attention width {w} is not divisible by num_heads={spec.num_heads}")
+    if spec.num_classes < 0:
+        raise UserError("model.num_classes must be >= 0 (0: unconditional)")
     limits = ATTENTION_LIMITS.get(spec.attention_impl)
     if limits is None:
         return
     max_dim, multiple, dtypes = limits
-    head_dims = sorted({w // spec.num_heads for w in spec.attention_widths()})
+    head_dims = sorted({w // spec.num_heads for w in arch.attention_widths(spec)})
     bad = [d for d in head_dims if d > max_dim or d % multiple]
     impl = f"model.attention_impl={spec.attention_impl!r}"
     if bad:
@@ -123,15 +167,31 @@ def _check_diffusion_and_sampling(config: ml_collections.ConfigDict) -> None:
     if not d.logsnr_min < d.logsnr_max:
         raise UserError(f"config.diffusion.logsnr_min={d.logsnr_min} must be below "
                         f"logsnr_max={d.logsnr_max}")
-    if d.multiscale:  # Raises UserError for an unknown name or a wrong number of weights.
-        sizes = losses.multiscale_sizes(m.image_size, d.multiscale_min_size)
-        losses.multiscale_weights(sizes, d.multiscale_weighting)
+    if d.schedule == "interpolated_cosine" and d.noise_d_low > d.noise_d_high:
+        raise UserError(
+            f"config.diffusion.noise_d_low={d.noise_d_low} is above noise_d_high="
+            f"{d.noise_d_high}; noise_d_low is the stronger shift, used at the noisy end t = 1 "
+            "(e.g. 32 and 256 at 512): swap them")
+    if d.multiscale:
+        _check_multiscale_weighting(d, losses.multiscale_sizes(m.image_size, d.multiscale_min_size))
     if s.guidance_scale != 1.0 and m.num_classes == 0:
         raise UserError("config.sample.guidance_scale != 1 needs a class-conditional model "
                         "(model.num_classes > 0); set sample.guidance_scale=1.0")
     if s.guidance_logsnr_min > s.guidance_logsnr_max:
         raise UserError(f"config.sample.guidance_logsnr_min={s.guidance_logsnr_min} is above "
                         f"guidance_logsnr_max={s.guidance_logsnr_max}")
+
+
+def _check_multiscale_weighting(d: ml_collections.ConfigDict, sizes: list[int]) -> None:
+    weighting = d.multiscale_weighting
+    if isinstance(weighting, str):
+        if weighting not in losses.MULTISCALE_WEIGHTINGS:
+            raise UserError(f"config.diffusion.multiscale_weighting={weighting!r}; use one of "
+                            f"{', '.join(losses.MULTISCALE_WEIGHTINGS)} or give one number per "
+                            "scale")
+    elif len(weighting) != len(sizes):
+        raise UserError(f"config.diffusion.multiscale_weighting has {len(weighting)} weights but "
+                        f"the scales are {sizes}; give one weight per scale (smallest first)")
 
 
 def _check_mesh(config: ml_collections.ConfigDict) -> None:
@@ -164,6 +224,7 @@ def validate(config: ml_collections.ConfigDict, mode: str) -> None:
     """Raises UserError (one line) for the first bad field of `config`; `mode` as launch.py's."""
     if mode not in MODES:
         raise UserError(f"unknown --mode={mode}; use {', '.join(MODES)}")
+    _check_model_fields(config)
     _check_values(config)
     _check_model(config)
     _check_diffusion_and_sampling(config)
@@ -171,8 +232,6 @@ def validate(config: ml_collections.ConfigDict, mode: str) -> None:
     # The device count matters only where the train step will run (inspect needs no devices).
     check_microbatch(config.train, jax.device_count() if mode == "train" else None)
     if mode == "sample":
-        from sd_jax.sample import mode as sample_mode
-
         sample_mode.sample_labels(config, 1)  # Raises UserError on unparsable labels.
 
 

@@ -183,6 +183,7 @@ sys.path.insert(0, "tests")
 from utils import tiny_config
 from sd_jax import models, sharding
 from sd_jax.checkpoints import checkpointer as checkpointing
+from sd_jax.sample import restore as sample_restore
 from sd_jax.train import state as train_state
 from sd_jax.train import loop as trainer
 W = {workdir!r}

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from configs import quickstart
     from sd_jax import models
-    from sd_jax.train import state as train_state
+    from sd_jax.models.init import init_params
 
     mesh = Mesh(np.asarray(jax.devices()), ("batch",))
     rows = NamedSharding(mesh, PartitionSpec("batch"))
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     m.image_size, m.base_channels, m.channel_multipliers = 32, args.width // 4, (1, 4)
     m.transformer_depth, m.num_heads, m.dropout, m.dropout_max_resolution = args.depth, 4, 0.2, 16
     model = models.build_model(m)
-    params = nn.meta.unbox(train_state.init_variables(model, cfg, jax.random.PRNGKey(0)))
+    params = nn.meta.unbox(init_params(model, cfg.model, jax.random.PRNGKey(0)))
     # Non-zero everywhere (the init zeroes the output conv and every residual branch's end).
     params = jax.tree.map(lambda x: x + 0.02, params)
     params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))

@@ -124,12 +124,12 @@ def score_run(config, workdir: Path, num_samples: int) -> list[dict]:
 
 def model_cost(config) -> dict:
     """Params and forward FLOPs per image (XLA cost analysis, nothing allocated)."""
-    from sd_jax.tools import inspect as inspect_model
+    from sd_jax.models import init, summary
 
-    shapes = inspect_model.param_shapes(config.model)
+    shapes = init.param_shapes(config.model)
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
-    return {"params": params, "mflop_per_image": inspect_model.forward_flops(config.model,
-                                                                             shapes) / 1e6}
+    return {"params": params, "mflop_per_image": summary.forward_flops(config.model,
+                                                                       shapes) / 1e6}
 
 
 def images_per_second(workdir: Path) -> float | None:

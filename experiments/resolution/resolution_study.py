@@ -32,14 +32,11 @@ import numpy as np  # noqa: E402
 
 from scripts import checkpoint_samples, sweep_lib  # noqa: E402
 from sd_jax.data import digits_source  # noqa: E402
-from sd_jax.diffusion import (
-    losses,  # noqa: E402
-    schedules,  # noqa: E402
-)
-from sd_jax.diffusion import samplers as sampling  # noqa: E402
+from sd_jax.diffusion import process, samplers, schedules  # noqa: E402
 from sd_jax.eval import digits_eval, digits_net, sample_quality  # noqa: E402
 from sd_jax.io import images  # noqa: E402
 from sd_jax.models import transforms  # noqa: E402
+from sd_jax.specs import diffusion_spec, sampling_spec  # noqa: E402
 
 
 def digits_at(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +133,9 @@ def schedule_report() -> None:
                                 ("shifted_cosine", 64, 8), ("cosine", 64, 0),
                                 ("shifted_cosine", 128, 32)]:
         cfg = sweep_lib.load_config("configs/quickstart.py", [
-            f"--config.diffusion.schedule={name}", f"--config.diffusion.noise_d={noise_d or 32}"])
-        fn = schedules.get_logsnr_fn(cfg.diffusion, size)
+            f"--config.diffusion.schedule={name}", f"--config.diffusion.noise_d={noise_d or 32}",
+            f"--config.model.image_size={size}"])
+        fn = diffusion_spec(cfg).logsnr_fn()
         for n in (128,):
             logsnr = float(fn(1.0 / n))
             _, sigma = schedules.alpha_sigma(logsnr)
@@ -175,11 +173,10 @@ def exact_report(size: int, num: int, guidance: float, sampler: str) -> dict:
     data_x = jnp.asarray(data_u8, jnp.float32) / 127.5 - 1.0
     denoise = exact_denoiser(data_x, jnp.asarray(labels), cfg.model.num_classes)
     sample_labels = jnp.arange(num) % 10
-    fn = jax.jit(lambda rng: sampling.sample(
-        denoise, rng, sample_labels, (num, size, size, 3),
-        logsnr_fn=schedules.get_logsnr_fn(cfg.diffusion, size), num_steps=cfg.sample.num_steps,
-        sampler=sampler, noise_param=cfg.sample.noise_param, guidance_scale=guidance,
-        guidance_logsnr_min=-1e9, guidance_logsnr_max=1e9, null_label=10, prediction="x0"))
+    cfg.model.prediction = "x0"  # The exact denoiser's output.
+    spec = sampling_spec(cfg).replace(sampler=sampler, guidance_scale=guidance,
+                                      guidance_logsnr_min=-1e9, guidance_logsnr_max=1e9)
+    fn = jax.jit(lambda rng: samplers.sample(denoise, rng, sample_labels, spec))
     out = images.to_uint8(np.asarray(fn(jax.random.PRNGKey(0))))
     return {"size": size, "sampler": sampler, "guidance": guidance,
             **sample_quality.quality_metrics(out, data_u8)}
@@ -189,7 +186,7 @@ def last_step_passthrough(denoise_fn, logsnr_last: float, prediction: str):
     """Denoiser whose prediction at the last step is x0 = z: the sampler then returns its input."""
     def fn(z, logsnr_b, labels_b):
         out = denoise_fn(z, logsnr_b, labels_b)
-        ident = losses.convert_output(z, z, logsnr_b, "x0", prediction)
+        ident = process.convert_output(z, z, logsnr_b, "x0", prediction)
         return jnp.where(jnp.abs(logsnr_b[0] - logsnr_last) < 1e-4, ident, out)
     return fn
 
@@ -200,22 +197,14 @@ def run_report(workdir: Path, config, step: int | None, num: int) -> dict:
     size = config.model.image_size
     data_u8, _ = digits_at(size)
     labels = jnp.arange(num) % 10
-    logsnr_fn = schedules.get_logsnr_fn(config.diffusion, size)
-    logsnr_last = float(logsnr_fn(1.0 / config.sample.num_steps))
+    spec = sampling_spec(config)
+    logsnr_last = float(spec.diffusion.logsnr_fn()(1.0 / config.sample.num_steps))
 
     def denoise(z, logsnr_b, labels_b):
         return model.apply({"params": params}, z, logsnr_b, labels_b, train=False)
 
-    spec = sampling.SamplingSpec.from_config(config)
-    settings = dict(logsnr_fn=spec.logsnr_fn(), num_steps=spec.num_steps, sampler=spec.sampler,
-                    noise_param=spec.noise_param, guidance_scale=spec.guidance_scale,
-                    guidance_logsnr_min=spec.guidance_logsnr_min,
-                    guidance_logsnr_max=spec.guidance_logsnr_max, null_label=spec.num_classes,
-                    prediction=spec.prediction, clip_x0=spec.clip_x0)
-
     def draw(fn):
-        shape = (num, size, size, config.model.image_channels)
-        run_fn = jax.jit(lambda rng: sampling.sample(fn, rng, labels, shape, **settings))
+        run_fn = jax.jit(lambda rng: samplers.sample(fn, rng, labels, spec))
         return images.to_uint8(np.asarray(run_fn(jax.random.PRNGKey(1))))
 
     samples = draw(denoise)
@@ -267,7 +256,7 @@ def denoise_report(workdir: Path, config, step: int | None, num: int) -> list[di
         alpha, sigma = schedules.alpha_sigma(logsnr)
         z = alpha * x0 + sigma * eps
         out = apply(z, logsnr_b, jnp.asarray(labels[rows_idx], jnp.int32))
-        x0_hat, _ = losses.x0_eps_from_output(z, out, logsnr_b, config.model.prediction)
+        x0_hat, _ = process.x0_eps_from_output(z, out, logsnr_b, config.model.prediction)
         g_err, c_err = bands(x0_hat - x0)
         g_noop, c_noop = bands(z / alpha - x0)
         g = np.mean(g_err ** 2, axis=(0, 1, 2)) / np.mean(g_noop ** 2, axis=(0, 1, 2))

@@ -20,14 +20,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Iterator
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -35,10 +32,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
 from orbax.checkpoint import checkpoint_managers
 
-from sd_jax import sharding
 from sd_jax.checkpoints import integrity
 from sd_jax.errors import UserError
 from sd_jax.io import paths
@@ -269,94 +264,3 @@ def check_meta(meta: dict[str, Any], config: ml_collections.ConfigDict) -> None:
                 "resuming a checkpoint written with %s=%s under %s=%s: the data order differs",
                 key, meta[key], key, now,
             )
-
-
-def abstract_params(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
-    """The params of `config.model` as ShapeDtypeStructs carrying their shardings on `mesh`.
-
-    Traced with `jax.eval_shape` (nothing allocated); no optimizer is built.
-    """
-    from sd_jax import models
-    from sd_jax.train import state as train_state
-
-    model = models.build_model(config.model)
-    boxed = jax.eval_shape(lambda r: train_state.init_variables(model, config, r),
-                           jax.random.PRNGKey(config.seed))
-    shardings = sharding.tree_shardings(boxed, mesh, sharding.rules_from_config(config))
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        nn.meta.unbox(boxed), shardings)
-
-
-def restore_inference_params(
-    workdir: str | os.PathLike, config: ml_collections.ConfigDict, mesh: Mesh, use_ema: bool = True
-) -> tuple[Any, int]:
-    """Restores only the EMA (or, `use_ema=False`, raw) params of the newest intact checkpoint,
-    sharded for `mesh`: the optimizer state is neither built nor read.
-
-    Returns (params, step). Raises UserError if the workdir holds no checkpoint, or if the
-    checkpoint's params do not fit `config.model` exactly (checked before any array is read);
-    params whose checksums differ from the saved ones make it fall back to an older checkpoint.
-    """
-    directory = checkpoint_dir(workdir)
-    ckpt = Checkpointer(workdir, read_only=True) if directory.is_dir() else None
-    if ckpt is None or ckpt.latest_step() is None:
-        raise UserError(f"no checkpoint in {directory}; train first (--mode=train)")
-    key = "ema_params" if use_ema else "params"
-    try:
-        found = ckpt.restore_newest_intact({key: abstract_params(config, mesh)}, config.model,
-                                           partial=True)
-    finally:
-        ckpt.close()
-    state, _, step = found
-    return state[key], int(step)
-
-
-def jax_takes_sigterm() -> bool:
-    """True when JAX's preemption service owns SIGTERM: `jax.distributed.initialize()` installed
-    its (C) handler, which tells every process about a SIGTERM on any one of them through the
-    coordination service. A Python handler would replace it, so it is left in place."""
-    return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
-
-
-class StopSignal:
-    """SIGTERM / SIGINT set a flag; the trainer checks it between steps, saves and exits.
-
-    All processes must stop at the same step, so with several processes the flag is combined
-    with an all-reduce every `check_every` steps; a single process checks every step for free.
-    A second signal gets the previous handler (e.g. Ctrl-C twice interrupts at once). Under
-    jax.distributed SIGTERM is JAX's (`jax_takes_sigterm`): the trainer stops at the preemption
-    sync point instead (`Checkpointer.reached_preemption`), so only SIGINT is handled here.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, check_every: int = 1):
-        self.received: int | None = None
-        self.check_every = max(int(check_every), 1)
-        self._previous: dict[int, Any] = {}
-        signals = (signal.SIGINT,) if jax_takes_sigterm() else self.SIGNALS
-        if threading.current_thread() is threading.main_thread():
-            for sig in signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        del frame
-        self.received = signum
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-        name = signal.Signals(signum).name
-        logging.warning("received %s: saving a checkpoint and stopping", name)
-
-    def should_stop(self, step: int) -> bool:
-        """Whether every process should stop after `step` (collective on multi-process runs)."""
-        if jax.process_count() == 1:
-            return self.received is not None
-        if step % self.check_every:
-            return False
-        flags = multihost_utils.process_allgather(np.int32(self.received is not None))
-        return bool(np.max(flags))
-
-    def close(self) -> None:
-        """Restores the previous handlers."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()

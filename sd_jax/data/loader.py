@@ -30,7 +30,7 @@ import numpy as np
 from absl import flags
 
 from sd_jax.data.examples import ReadExample
-from sd_jax.data.sources import ArraySource, FolderSource, Source, digits_source
+from sd_jax.data.sources import SOURCES, ArraySource, Source
 from sd_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -193,19 +193,8 @@ class Loader:
 
 
 def build_source(data_cfg: ml_collections.ConfigDict) -> Source:
-    """The source named by `data_cfg.source`: 'digits', 'folder' or 'tfds'."""
-    if data_cfg.source == "digits":
-        return digits_source()
-    if data_cfg.source == "folder":
-        if not data_cfg.folder:
-            raise UserError("data.source='folder' needs --config.data.folder=/path/to/images")
-        return FolderSource(data_cfg.folder)
-    if data_cfg.source == "tfds":
-        from sd_jax.data.tfds_source import TfdsSource
-
-        return TfdsSource(data_cfg.name, split=data_cfg.split, data_dir=data_cfg.data_dir,
-                          manual_dir=data_cfg.manual_dir)
-    raise UserError(f"unknown data.source={data_cfg.source!r}; use 'tfds', 'folder' or 'digits'")
+    """The source named by `data_cfg.source` (a key of `sources.SOURCES`)."""
+    return SOURCES[data_cfg.source](data_cfg)
 
 
 def build_loader(config: ml_collections.ConfigDict, process_index: int | None = None,

@@ -5,18 +5,24 @@ Every source has `__len__`, `__getitem__(i) -> (uint8 [H, W, C] image, int label
 crops, resizes and converts them. `__getitem__` may raise on a corrupt record: the loader
 counts it and substitutes another index. Sources are pickled into the loader's worker
 processes, so they hold no open files or threads. The tfds source lives in `tfds_source.py`.
+
+`SOURCES` maps `data.source` to the function that builds the source from `config.data`; a new
+source is one class (or function) and one entry.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import ml_collections
 import numpy as np
 from PIL import Image
 
+from sd_jax.data.tfds_source import TfdsSource
 from sd_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -163,3 +169,22 @@ def decode_rgb8(path: str | os.PathLike) -> np.ndarray:
             gray = np.rint(np.asarray(image, np.float64) / 257.0)  # 257 = 65535 / 255.
             return np.repeat(np.clip(gray, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
         return np.asarray(image.convert("RGB"))  # Decodes the pixels.
+
+
+def _folder(data_cfg: ml_collections.ConfigDict) -> Source:
+    if not data_cfg.folder:  # A field the user must set on the command line.
+        raise UserError("data.source='folder' needs --config.data.folder=/path/to/images")
+    return FolderSource(data_cfg.folder)
+
+
+def _tfds(data_cfg: ml_collections.ConfigDict) -> Source:
+    return TfdsSource(data_cfg.name, split=data_cfg.split, data_dir=data_cfg.data_dir,
+                      manual_dir=data_cfg.manual_dir)
+
+
+# `data.source` name -> the source of a (validated) `config.data`.
+SOURCES: dict[str, Callable[[ml_collections.ConfigDict], Source]] = {
+    "digits": lambda data_cfg: digits_source(),  # scikit-learn's 8x8 digits, embedded.
+    "folder": _folder,  # The images in data.folder.
+    "tfds": _tfds,  # A prepared tensorflow-datasets dataset (array_record).
+}

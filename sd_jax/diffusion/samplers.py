@@ -1,34 +1,71 @@
 """Samplers: DDPM ancestral (log-variance interpolation) and DDIM, with classifier-free guidance.
 
-`sample` takes the denoiser as a function `denoise_fn(z_bhwc, logsnr_b, labels_b) -> output`, so
-it works for any model and for sharded batches: it is traceable (one `lax.fori_loop` over a fixed
-number of steps, no host ops). `SamplingSpec` is the validated, hashable view of the config's
-sampling settings; `spec.sample(denoise_fn, rng, labels_b)` calls `sample` with them. Jit it with
-the params as an argument, e.g. `jax.jit(lambda p, rng, y: spec.sample(lambda z, l, c:
-apply(p, z, l, c), rng, y))`, rather than closing over concrete params (which would bake them
-into the program as constants); `sd_jax.sample.generate.Sampler` does that for a model on a mesh.
+`sample(denoise_fn, rng, labels_b, spec)` takes the denoiser as a function
+`denoise_fn(z_bhwc, logsnr_b, labels_b) -> output`, so it works for any model and for sharded
+batches: it is traceable (one `lax.fori_loop` over a fixed number of steps, no host ops).
+`SamplingSpec` is the hashable set of settings, the diffusion process included. Jit it with the
+params as an argument, e.g. `jax.jit(lambda p, rng, y: sample(lambda z, l, c: apply(p, z, l, c),
+rng, y, spec))`, rather than closing over concrete params (which would bake them into the program
+as constants); `sd_jax.sample.generate.Sampler` does that for a model on a mesh.
+
+`SAMPLERS` maps a sampler's name to its function `(predict, z, logsnr_at, rng, spec) -> x0`:
+`predict(z, logsnr_b)` is the guided, clipped `(x0_hat, eps_hat)`, `z` the initial noise and
+`logsnr_at(i)` the noise level of grid point `t = i / num_steps` (one per example). A new sampler
+is one such function and one entry.
 
 Time grid: `t_i = i / num_steps`, from t = 1 (noise) down to t = 0; each of the `num_steps`
-steps calls the denoiser once (with guidance, once on a doubled batch inside the guidance
-interval) and the last one returns its x0 prediction.
+steps of DDPM and DDIM calls the denoiser once (with guidance, once on a doubled batch inside the
+guidance interval) and the last one returns its x0 prediction.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from sd_jax.diffusion import losses, schedules
-from sd_jax.errors import UserError
+from sd_jax.diffusion import process, schedules
+from sd_jax.diffusion.process import DenoiseFn
+from sd_jax.diffusion.spec import DiffusionSpec
 
-SAMPLERS = ("ddpm", "ddim")
+Predict = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+LogSnrAt = Callable[[jax.Array | int], jax.Array]
 
-DenoiseFn = losses.DenoiseFn
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSpec:
+    """Everything `sample` needs: the diffusion process, the image shape, the sampler settings.
+
+    Frozen and hashable, so a compiled sampler is keyed by its value (`sd_jax.sample.generate`):
+    two configs with the same settings share one program, and any change makes another.
+    `sd_jax.specs.sampling_spec(config)` builds it from a validated config.
+    """
+
+    diffusion: DiffusionSpec  # Schedule and prediction the model was trained with.
+    image_channels: int
+    num_classes: int  # 0: unconditional; also the null label used by guidance.
+    num_steps: int = 128
+    sampler: str = "ddpm"  # A key of SAMPLERS.
+    noise_param: float = 0.2  # DDPM: log-variance interpolation (paper: 0.2).
+    guidance_scale: float = 1.0  # 1 + w; 1.0: no guidance.
+    guidance_logsnr_min: float = -1e9  # Guidance only inside [min, max] of logSNR (SiD2).
+    guidance_logsnr_max: float = 1e9
+    clip_x0: bool = True  # Clip every x0 prediction to [-1, 1].
+
+    def __post_init__(self):
+        assert self.sampler in SAMPLERS and self.num_steps >= 1, self  # validate() names the fix.
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One image: (H, W, C)."""
+        size = self.diffusion.image_size
+        return size, size, self.image_channels
+
+    def replace(self, **changes: object) -> SamplingSpec:
+        """A copy with some fields changed (e.g. `guidance_scale=1.5`)."""
+        return dataclasses.replace(self, **changes)
 
 
 def guided_output(
@@ -79,7 +116,25 @@ def guided_output(
     return jax.lax.cond(in_interval, guided, conditional)
 
 
-def _ddpm_log_variance(logsnr_t: jax.Array, logsnr_s: jax.Array, noise_param: float):
+def predictor(denoise_fn: DenoiseFn, labels_b: jax.Array, spec: SamplingSpec) -> Predict:
+    """`predict(z, logsnr_b) -> (x0_hat, eps_hat)`: the guided output as x0 and eps, x0 clipped
+    to [-1, 1] (and eps made consistent with it) when `spec.clip_x0`."""
+    def predict(z: jax.Array, logsnr_b: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = guided_output(
+            denoise_fn, z, logsnr_b, labels_b, guidance_scale=spec.guidance_scale,
+            guidance_logsnr_min=spec.guidance_logsnr_min,
+            guidance_logsnr_max=spec.guidance_logsnr_max, null_label=spec.num_classes)
+        x0, eps = process.x0_eps_from_output(z, out, logsnr_b, spec.diffusion.prediction)
+        if spec.clip_x0:
+            x0 = jnp.clip(x0, -1.0, 1.0)
+            alpha, sigma = schedules.alpha_sigma(logsnr_b[0])
+            eps = (z - alpha * x0) / sigma  # Keep (x0, eps) consistent with z after clipping.
+        return x0, eps
+
+    return predict
+
+
+def ddpm_log_variance(logsnr_t: jax.Array, logsnr_s: jax.Array, noise_param: float) -> jax.Array:
     """log of `upper^noise_param * lower^(1 - noise_param)` for the step t -> s (s < t).
 
     upper = sigma_{t|s}^2 = (1 - r) sigma_t^2 (forward transition variance, 'beta'),
@@ -91,160 +146,61 @@ def _ddpm_log_variance(logsnr_t: jax.Array, logsnr_s: jax.Array, noise_param: fl
     return log_one_minus_r + noise_param * log_sigma2_t + (1.0 - noise_param) * log_sigma2_s
 
 
-def sample(
-    denoise_fn: DenoiseFn,
-    rng: jax.Array,
-    labels_b: jax.Array,
-    shape: tuple[int, ...],
-    *,
-    logsnr_fn: Callable[[jax.Array], jax.Array],
-    num_steps: int,
-    sampler: str,
-    noise_param: float,
-    guidance_scale: float,
-    guidance_logsnr_min: float,
-    guidance_logsnr_max: float,
-    null_label: int,
-    prediction: str,
-    clip_x0: bool = True,
-) -> jax.Array:
-    """Draws `shape` (e.g. `[B, H, W, C]`) samples with `num_steps` steps; returns x0 (float32).
+def ddpm_update(z, x0, eps, logsnr_t, logsnr_s, noise_key, spec):
+    """Ancestral step t -> s: the posterior mean of q(z_s | z_t, x0) plus noise of variance
+    `exp(noise_param log upper + (1 - noise_param) log lower)` (iDDPM / VDM convention)."""
+    del eps
+    alpha_t, _ = schedules.alpha_sigma(logsnr_t)
+    alpha_s, _ = schedules.alpha_sigma(logsnr_s)
+    r = jnp.exp(logsnr_t - logsnr_s)  # Mean: r alpha_s / alpha_t z_t + (1 - r) alpha_s x0.
+    mean = r * (alpha_s / alpha_t) * z + (1.0 - r) * alpha_s * x0
+    std = jnp.exp(0.5 * ddpm_log_variance(logsnr_t, logsnr_s, spec.noise_param))
+    return mean + std * jax.random.normal(noise_key, z.shape, z.dtype)
 
-    sampler: 'ddpm' (ancestral; variance `exp(noise_param log upper + (1 - noise_param) log
-    lower)`, iDDPM/VDM convention, paper: 0.2) or 'ddim' (deterministic). `prediction`: what
-    `denoise_fn` returns ('v' | 'eps' | 'x0'). `clip_x0` clips every x0 prediction to [-1, 1].
-    """
-    if sampler not in SAMPLERS:
-        raise UserError(f"Unknown sample.sampler={sampler!r}; choose one of {', '.join(SAMPLERS)}.")
-    if prediction not in losses.PREDICTIONS:
-        raise UserError(
-            f"Unknown prediction={prediction!r}; choose one of {', '.join(losses.PREDICTIONS)}."
-        )
-    if num_steps < 1:
-        raise UserError(f"sample.num_steps must be >= 1, got {num_steps}.")
-    batch_size = shape[0]
+
+def ddim_update(z, x0, eps, logsnr_t, logsnr_s, noise_key, spec):
+    """Deterministic step t -> s: `z_s = alpha_s x0 + sigma_s eps`."""
+    del z, logsnr_t, noise_key, spec
+    alpha_s, sigma_s = schedules.alpha_sigma(logsnr_s)
+    return alpha_s * x0 + sigma_s * eps
+
+
+def first_order(update: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """A sampler that calls the denoiser once per step and moves z with `update(z, x0, eps,
+    logsnr_t, logsnr_s, noise_key, spec) -> z_s`; the last step returns its x0 prediction."""
+    def run(predict: Predict, z: jax.Array, logsnr_at: LogSnrAt, rng: jax.Array,
+            spec: SamplingSpec) -> jax.Array:
+        n = spec.num_steps
+
+        def step(j, z):  # j = 0 .. n - 2 goes from t = (n - j) / n to s = (n - j - 1) / n.
+            i = n - j
+            x0, eps = predict(z, logsnr_at(i))
+            return update(z, x0, eps, logsnr_at(i)[0], logsnr_at(i - 1)[0],
+                          jax.random.fold_in(rng, j), spec)
+
+        z = jax.lax.fori_loop(0, n - 1, step, z)
+        return predict(z, logsnr_at(1))[0]
+
+    return run
+
+
+# `sample.sampler` name -> (predict, z, logsnr_at, rng, spec) -> x0 (module docstring).
+SAMPLERS: dict[str, Callable[..., jax.Array]] = {
+    "ddpm": first_order(ddpm_update),  # Paper's sampler, noise_param 0.2.
+    "ddim": first_order(ddim_update),
+}
+
+
+def sample(denoise_fn: DenoiseFn, rng: jax.Array, labels_b: jax.Array, spec: SamplingSpec
+           ) -> jax.Array:
+    """One image per label with `spec`: float32 [B, H, W, C] x0 (in [-1, 1] if `clip_x0`)."""
+    batch_size = labels_b.shape[0]
+    logsnr_fn = spec.diffusion.logsnr_fn()
     rng_init, rng_steps = jax.random.split(rng)
 
-    def predict(z, logsnr_b):
-        out = guided_output(
-            denoise_fn,
-            z,
-            logsnr_b,
-            labels_b,
-            guidance_scale=guidance_scale,
-            guidance_logsnr_min=guidance_logsnr_min,
-            guidance_logsnr_max=guidance_logsnr_max,
-            null_label=null_label,
-        )
-        x0, eps = losses.x0_eps_from_output(z, out, logsnr_b, prediction)
-        if clip_x0:
-            x0 = jnp.clip(x0, -1.0, 1.0)
-            alpha, sigma = schedules.alpha_sigma(logsnr_b[0])
-            eps = (z - alpha * x0) / sigma  # Keep (x0, eps) consistent with z after clipping.
-        return x0, eps
-
     def logsnr_at(i):  # Noise level at grid point t = i / num_steps, one per example.
-        return jnp.full((batch_size,), logsnr_fn(i / num_steps), jnp.float32)
+        return jnp.full((batch_size,), logsnr_fn(i / spec.num_steps), jnp.float32)
 
-    def step(j, z):  # j = 0 .. num_steps - 2 goes from t = (n - j) / n to s = (n - j - 1) / n.
-        i = num_steps - j
-        logsnr_t, logsnr_s = logsnr_at(i)[0], logsnr_at(i - 1)[0]
-        x0, eps = predict(z, logsnr_at(i))
-        alpha_t, _ = schedules.alpha_sigma(logsnr_t)
-        alpha_s, sigma_s = schedules.alpha_sigma(logsnr_s)
-        if sampler == "ddim":
-            return alpha_s * x0 + sigma_s * eps
-        # Posterior mean of q(z_s | z_t, x0): r alpha_s / alpha_t z_t + (1 - r) alpha_s x0.
-        r = jnp.exp(logsnr_t - logsnr_s)
-        mean = r * (alpha_s / alpha_t) * z + (1.0 - r) * alpha_s * x0
-        std = jnp.exp(0.5 * _ddpm_log_variance(logsnr_t, logsnr_s, noise_param))
-        noise = jax.random.normal(jax.random.fold_in(rng_steps, j), z.shape, z.dtype)
-        return mean + std * noise
-
-    z = jax.random.normal(rng_init, shape, jnp.float32)
-    z = jax.lax.fori_loop(0, num_steps - 1, step, z)
-    return predict(z, logsnr_at(1))[0]
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingSpec:
-    """Everything `sample` needs from `config.sample`, `config.diffusion` and `config.model`.
-
-    Frozen and hashable, so a compiled sampler is keyed by its value (`sd_jax.sample.generate`): two
-    configs with the same sampling settings share one program, and any change makes another.
-    """
-
-    image_size: int
-    image_channels: int
-    num_classes: int  # 0: unconditional; also the null label used by guidance.
-    prediction: str  # What the denoiser returns: 'v' | 'eps' | 'x0'.
-    schedule: str  # config.diffusion: the noise schedule and its parameters.
-    noise_d: float
-    noise_d_low: float
-    noise_d_high: float
-    logsnr_min: float
-    logsnr_max: float
-    num_steps: int  # config.sample from here on.
-    sampler: str
-    noise_param: float
-    guidance_scale: float
-    guidance_logsnr_min: float
-    guidance_logsnr_max: float
-    clip_x0: bool = True
-
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> SamplingSpec:
-        """The spec of `config` (validated; UserError with a fix for bad values)."""
-        m, d, s = config.model, config.diffusion, config.sample
-        spec = cls(
-            image_size=int(m.image_size), image_channels=int(m.image_channels),
-            num_classes=int(m.num_classes), prediction=str(m.prediction),
-            schedule=str(d.schedule), noise_d=float(d.noise_d), noise_d_low=float(d.noise_d_low),
-            noise_d_high=float(d.noise_d_high), logsnr_min=float(d.logsnr_min),
-            logsnr_max=float(d.logsnr_max), num_steps=int(s.num_steps), sampler=str(s.sampler),
-            noise_param=float(s.noise_param), guidance_scale=float(s.guidance_scale),
-            guidance_logsnr_min=float(s.guidance_logsnr_min),
-            guidance_logsnr_max=float(s.guidance_logsnr_max),
-        )
-        spec.validate()
-        return spec
-
-    def replace(self, **changes: Any) -> SamplingSpec:
-        """A validated copy with some fields changed (e.g. `guidance_scale=1.5`)."""
-        spec = dataclasses.replace(self, **changes)
-        spec.validate()
-        return spec
-
-    def validate(self) -> None:
-        """Raises UserError for settings `sample` cannot run."""
-        if self.sampler not in SAMPLERS:
-            raise UserError(f"Unknown sample.sampler={self.sampler!r}; choose one of "
-                            f"{', '.join(SAMPLERS)}.")
-        if self.prediction not in losses.PREDICTIONS:
-            raise UserError(f"Unknown model.prediction={self.prediction!r}; choose one of "
-                            f"{', '.join(losses.PREDICTIONS)}.")
-        if self.num_steps < 1:
-            raise UserError(f"sample.num_steps must be >= 1, got {self.num_steps}.")
-        if self.guidance_scale != 1.0 and self.num_classes == 0:
-            raise UserError(
-                "sample.guidance_scale != 1 needs a class-conditional model (model.num_classes "
-                "> 0); set sample.guidance_scale=1.0 for an unconditional model.")
-        self.logsnr_fn()  # An unknown or inconsistent schedule raises here.
-
-    def logsnr_fn(self) -> Callable[[jax.Array], jax.Array]:
-        """The schedule `t -> logsnr` at this image size."""
-        fields = ("schedule", "noise_d", "noise_d_low", "noise_d_high", "logsnr_min",
-                  "logsnr_max")
-        diffusion = ml_collections.ConfigDict({f: getattr(self, f) for f in fields})
-        return schedules.get_logsnr_fn(diffusion, self.image_size)
-
-    def sample(self, denoise_fn: DenoiseFn, rng: jax.Array, labels_b: jax.Array) -> jax.Array:
-        """`sample` with these settings: one image per label, float32 [B, H, W, C] in [-1, 1]."""
-        shape = (labels_b.shape[0], self.image_size, self.image_size, self.image_channels)
-        return sample(
-            denoise_fn, rng, labels_b, shape, logsnr_fn=self.logsnr_fn(),
-            num_steps=self.num_steps, sampler=self.sampler, noise_param=self.noise_param,
-            guidance_scale=self.guidance_scale, guidance_logsnr_min=self.guidance_logsnr_min,
-            guidance_logsnr_max=self.guidance_logsnr_max, null_label=self.num_classes,
-            prediction=self.prediction, clip_x0=self.clip_x0,
-        )
+    z = jax.random.normal(rng_init, (batch_size, *spec.shape), jnp.float32)
+    predict = predictor(denoise_fn, labels_b, spec)
+    return SAMPLERS[spec.sampler](predict, z, logsnr_at, rng_steps, spec)

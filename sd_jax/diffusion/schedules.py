@@ -1,21 +1,18 @@
-"""Noise schedules in logSNR form (docs/recipe.md sections 1-2).
+"""Noise schedules in logSNR form (docs/recipe.md sections 1-2), and how training draws times.
 
 Everything here is a pure function of arrays: it broadcasts, and works under jit, vmap and grad.
-`t` runs from 0 (clean data, high logSNR) to 1 (pure noise, low logSNR).
+`t` runs from 0 (clean data, high logSNR) to 1 (pure noise, low logSNR). `spec.SCHEDULES` maps
+a schedule's name to these functions with a spec's parameters; `TIME_SAMPLING` maps a name to how
+a batch draws its times.
 """
 
-import functools
+from __future__ import annotations
+
 import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-
-from sd_jax.errors import UserError
-
-SCHEDULES = ("cosine", "shifted_cosine", "interpolated_cosine")
-TIME_SAMPLING = ("uniform", "stratified")
 
 
 def logsnr_cosine(t: jax.Array, logsnr_min: float = -15.0, logsnr_max: float = 15.0) -> jax.Array:
@@ -77,45 +74,25 @@ def alpha_sigma(logsnr: jax.Array) -> tuple[jax.Array, jax.Array]:
     return alpha, sigma
 
 
-def get_logsnr_fn(
-    diffusion_cfg: ml_collections.ConfigDict, image_size: int
-) -> Callable[[jax.Array], jax.Array]:
-    """The schedule `t -> logsnr` named by `diffusion_cfg.schedule` for `image_size` images."""
-    name = diffusion_cfg.schedule
-    clip = dict(logsnr_min=diffusion_cfg.logsnr_min, logsnr_max=diffusion_cfg.logsnr_max)
-    if name == "cosine":
-        return functools.partial(logsnr_cosine, **clip)
-    if name == "shifted_cosine":
-        return functools.partial(
-            logsnr_shifted_cosine, image_d=image_size, noise_d=diffusion_cfg.noise_d, **clip
-        )
-    if name == "interpolated_cosine":
-        if diffusion_cfg.noise_d_low > diffusion_cfg.noise_d_high:
-            raise UserError(
-                f"diffusion.noise_d_low={diffusion_cfg.noise_d_low} is above diffusion."
-                f"noise_d_high={diffusion_cfg.noise_d_high}; noise_d_low is the stronger shift, "
-                "used at the noisy end t = 1 (e.g. 32 and 256 at 512): swap them.")
-        return functools.partial(
-            logsnr_interpolated_cosine,
-            image_d=image_size,
-            noise_d_low=diffusion_cfg.noise_d_low,
-            noise_d_high=diffusion_cfg.noise_d_high,
-            **clip,
-        )
-    raise UserError(f"Unknown diffusion.schedule={name!r}; choose one of {', '.join(SCHEDULES)}.")
+def uniform_times(rng: jax.Array, batch_size: int) -> jax.Array:
+    """Independent `t ~ U(0, 1)` per example."""
+    return jax.random.uniform(rng, (batch_size,))
+
+
+def stratified_times(rng: jax.Array, batch_size: int) -> jax.Array:
+    """Low-discrepancy times as in VDM: one shared offset `u ~ U(0, 1)` and
+    `t_i = (u + i / B) mod 1`, so the batch covers [0, 1) evenly."""
+    offset = jax.random.uniform(rng, ())
+    return jnp.mod(offset + jnp.arange(batch_size) / batch_size, 1.0)
+
+
+# `diffusion.time_sampling` name -> how a batch draws its `t_b` in [0, 1).
+TIME_SAMPLING: dict[str, Callable[[jax.Array, int], jax.Array]] = {
+    "uniform": uniform_times,
+    "stratified": stratified_times,
+}
 
 
 def sample_times(rng: jax.Array, batch_size: int, method: str = "uniform") -> jax.Array:
-    """Draws `t_b` in [0, 1) for a batch.
-
-    'uniform': independent U(0, 1). 'stratified': low-discrepancy as in VDM, one shared offset
-    `u ~ U(0, 1)` and `t_i = (u + i / B) mod 1`, so the batch covers [0, 1) evenly.
-    """
-    if method == "uniform":
-        return jax.random.uniform(rng, (batch_size,))
-    if method == "stratified":
-        offset = jax.random.uniform(rng, ())
-        return jnp.mod(offset + jnp.arange(batch_size) / batch_size, 1.0)
-    raise UserError(
-        f"Unknown diffusion.time_sampling={method!r}; choose one of {', '.join(TIME_SAMPLING)}."
-    )
+    """Draws `t_b` in [0, 1) for a batch with `TIME_SAMPLING[method]`."""
+    return TIME_SAMPLING[method](rng, batch_size)

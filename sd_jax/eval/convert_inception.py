@@ -22,7 +22,7 @@ from flax import traverse_util
 
 from sd_jax.errors import UserError
 from sd_jax.eval import inception
-from sd_jax.io import npz as npz_io
+from sd_jax.io import npz
 
 # torch suffix -> (flax collection, flax leaf name)
 _LEAVES = {
@@ -59,7 +59,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """Reads a torch .pth (lazy torch import) or an .npz with torch key names."""
     if path.endswith(".npz"):
-        return npz_io.load(path, "state dict")  # Pickled objects are refused.
+        return npz.load(path, "state dict")  # Pickled objects are refused.
     try:
         import torch
     except ImportError as e:

@@ -13,7 +13,7 @@ import numpy as np
 
 from sd_jax.errors import UserError
 from sd_jax.eval import digits_net, fid, sample_quality
-from sd_jax.io import npz as npz_io
+from sd_jax.io import npz
 
 
 def digits_metrics(samples_u8: np.ndarray, labels: np.ndarray | None, variables: dict,
@@ -40,7 +40,7 @@ def evaluate_npz(samples_path: str | os.PathLike, classifier_path: str | None,
                  num_classes: int) -> dict[str, float]:
     """Scores an ADM-format samples .npz (arr_0 images, arr_1 labels if class-conditional)."""
     path = samples_path
-    arrays = npz_io.load(path, "samples")
+    arrays = npz.load(path, "samples")
     samples = arrays["arr_0"]
     labels = arrays.get("arr_1") if num_classes else None
     if samples.ndim != 4 or samples.shape[1] != samples.shape[2]:

@@ -37,8 +37,7 @@ from flax import traverse_util
 from PIL import Image
 
 from sd_jax.errors import UserError
-from sd_jax.io import npz as npz_io
-from sd_jax.io import paths
+from sd_jax.io import npz, paths
 
 INPUT_SIZE = 16
 FEATURES = 64
@@ -174,7 +173,7 @@ def save_weights(variables: dict, path: str | os.PathLike, test_accuracy: float
     """Writes the weights (and their test accuracy) atomically as an .npz."""
     path = paths.as_path(path)
     tmp = path.parent / f"{path.name}.{os.getpid()}.tmp"
-    npz_io.save_tree(tmp, variables, test_accuracy=np.float64(test_accuracy))
+    npz.save_tree(tmp, variables, test_accuracy=np.float64(test_accuracy))
     tmp.replace(path)  # Concurrent builders: the last complete file wins, never a partial.
     return path
 
@@ -185,9 +184,9 @@ def load_weights(path: str | os.PathLike) -> tuple[dict, float]:
     if not path.is_file():
         raise UserError(f"digits classifier {path} does not exist; build it with "
                         f"`python -m sd_jax.eval.digits_net --out={path}`")
-    flat = npz_io.load(path, "digits classifier")
+    flat = npz.load(path, "digits classifier")
     accuracy = float(flat.pop("test_accuracy", np.nan))
-    problem = npz_io.tree_mismatch(flat, abstract_variables())
+    problem = npz.tree_mismatch(flat, abstract_variables())
     if problem:
         raise UserError(f"{path} is not a digits classifier v{VERSION} file ({problem}); "
                         f"delete it and rerun to rebuild")

@@ -27,7 +27,7 @@ from etils import epath
 from flax import traverse_util
 
 from sd_jax.errors import UserError
-from sd_jax.io import npz as npz_io
+from sd_jax.io import npz
 from sd_jax.io.paths import as_path
 
 HIGHEST = jax.lax.Precision.HIGHEST  # FID must not depend on TF32 / bf16 matmul defaults.
@@ -260,7 +260,7 @@ def random_variables(seed: int = 0) -> dict:
 
 def save_weights(variables: dict, path: str | os.PathLike) -> epath.Path:
     """Writes the variable tree as an .npz with '/'-joined keys (the documented format)."""
-    return npz_io.save_tree(path, jax.device_get(variables))
+    return npz.save_tree(path, jax.device_get(variables))
 
 
 def load_weights(path: str | os.PathLike | None) -> dict:
@@ -272,8 +272,8 @@ def load_weights(path: str | os.PathLike | None) -> dict:
         raise UserError(f"Inception weights file {path} does not exist. {WEIGHTS_HELP}")
     if path.suffix == ".pth":
         raise UserError(f"{path} is a torch file; convert it first. {WEIGHTS_HELP}")
-    flat = npz_io.load(path, "Inception weights file")  # Pickles refused; truncation -> one line.
-    problem = npz_io.tree_mismatch(flat, abstract_variables())
+    flat = npz.load(path, "Inception weights file")  # Pickles refused; truncation -> one line.
+    problem = npz.tree_mismatch(flat, abstract_variables())
     if problem:
         raise UserError(f"{path} is not an FID Inception-v3 weights file: {problem}. "
                         f"{WEIGHTS_HELP}")

@@ -28,8 +28,7 @@ from etils import epath
 from sd_jax.checkpoints import integrity
 from sd_jax.errors import UserError
 from sd_jax.eval import digits_eval, fid, inception
-from sd_jax.io import npz as npz_io
-from sd_jax.io import paths
+from sd_jax.io import npz, paths
 
 REF_BATCH_HELP = (
     "Download the ADM reference batch for your dataset (e.g. VIRTUAL_imagenet512.npz, "
@@ -58,7 +57,7 @@ def build_extractor(eval_cfg: ml_collections.ConfigDict) -> tuple[fid.ExtractFn,
 def check_images(path: str | os.PathLike, what: str = "samples") -> tuple[int, ...]:
     """Raises UserError unless `arr_0` is uint8 [N, H, W, 1 or 3] (read from its header only, so
     before any Inception work); returns its shape."""
-    shape, dtype = npz_io.array_header(path, "arr_0", what)
+    shape, dtype = npz.array_header(path, "arr_0", what)
     if len(shape) != 4 or shape[-1] not in (1, 3):
         raise UserError(f"{what} {path}: arr_0 has shape {shape}; expected [N, H, W, 3] "
                         "(ADM format)")
@@ -72,7 +71,7 @@ def image_stats(path: str | os.PathLike, extract_fn: fid.ExtractFn, batch_size: 
                 with_spatial: bool = True) -> fid.ImageStats:
     """Inception statistics of `arr_0` of an ADM-format .npz, streamed in batches."""
     check_images(path)
-    return fid.compute_image_stats(npz_io.iter_rows(path, "arr_0", 10 * batch_size),
+    return fid.compute_image_stats(npz.iter_rows(path, "arr_0", 10 * batch_size),
                                    extract_fn, batch_size, with_spatial)
 
 
@@ -85,7 +84,7 @@ def check_reference(path: str | None,
     if not paths.as_path(path).is_file():
         raise UserError(f"reference batch {path} does not exist. {REF_BATCH_HELP}")
     what = "reference batch"
-    names = npz_io.keys(path, what)
+    names = npz.keys(path, what)
     if not ({"mu", "sigma"} <= set(names) or "arr_0" in names):
         raise UserError(f"{path} has neither mu/sigma nor arr_0 images. {REF_BATCH_HELP}")
     if not {"mu", "sigma"} <= set(names):
@@ -96,7 +95,7 @@ def check_reference(path: str | None,
         if mean not in names:
             continue
         for key, want in ((mean, (dim,)), (cov, (dim, dim))):
-            shape, dtype = npz_io.array_header(path, key, what)
+            shape, dtype = npz.array_header(path, key, what)
             if shape != want or dtype.kind != "f":
                 raise UserError(f"{what} {path}: {key} is {dtype} {shape}, expected float {want} "
                                 "(statistics of this Inception network's features). "
@@ -109,7 +108,7 @@ def reference_stats(path: str | None, extract_fn: fid.ExtractFn, batch_size: int
     """mu/sigma (and mu_s/sigma_s) of a reference .npz: stored ones, else computed from arr_0."""
     names = check_reference(path)
     if "mu" in names and "sigma" in names:
-        stored = npz_io.load(path, "reference batch")
+        stored = npz.load(path, "reference batch")
         return {k: stored[k] for k in ("mu", "sigma", "mu_s", "sigma_s") if k in names}
     stats = image_stats(path, extract_fn, batch_size, with_spatial)
     return {"mu": stats.mu, "sigma": stats.sigma, "mu_s": stats.mu_s, "sigma_s": stats.sigma_s}

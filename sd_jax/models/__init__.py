@@ -11,16 +11,14 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from sd_jax.models.registry import ARCHITECTURES, loss_name
+from sd_jax.models.registry import ARCHITECTURES, build
 from sd_jax.models.spec import ModelSpec
 from sd_jax.models.unet import UNet
 from sd_jax.models.uvit import ResidualUViT, UViT
 
-__all__ = ["ARCHITECTURES", "ModelSpec", "ResidualUViT", "UNet", "UViT", "build_model",
-           "loss_name"]
+__all__ = ["ARCHITECTURES", "ModelSpec", "ResidualUViT", "UNet", "UViT", "build", "build_model"]
 
 
 def build_model(model_cfg: ml_collections.ConfigDict) -> nn.Module:
-    """Builds the network described by `config.model` (raises UserError on bad values)."""
-    spec = ModelSpec.from_config(model_cfg)
-    return spec.architecture(spec)
+    """Builds the network described by a validated `config.model`."""
+    return build(ModelSpec.from_config(model_cfg))

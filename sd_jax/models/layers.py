@@ -10,14 +10,13 @@ logical axis names (docs/design.md vocabulary).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from sd_jax.models.spec import num_groups
 
 Names = Sequence[str | None]
 LOGSNR_FREQ_MIN = 0.01  # Lowest Fourier frequency of logSNR: period ~600, i.e. near linear.
@@ -27,6 +26,11 @@ LOGSNR_FREQ_MAX = 10.0  # Highest: period ~0.6 in logSNR (sampler steps move ~0.
 # step, the head), and XLA places a gather at the use, so sharded they would be all-gathered in
 # float32, one small collective each; replicated, every FSDP gather moves the compute dtype.
 NORM_AXIS = "norm"
+
+
+def num_groups(channels: int) -> int:
+    """GroupNorm groups: 32 where the width allows (paper/ADM), else the largest divisor <= 32."""
+    return math.gcd(32, channels)
 
 
 def logical(init: nn.initializers.Initializer, names: Names) -> nn.initializers.Initializer:

@@ -9,9 +9,9 @@ config; `config.model.arch` then names it.
 
 from __future__ import annotations
 
-import ml_collections
+import flax.linen as nn
 
-from sd_jax.errors import UserError
+from sd_jax.models.spec import ModelSpec
 from sd_jax.models.unet import UNet
 from sd_jax.models.uvit import ResidualUViT, UViT
 
@@ -22,15 +22,6 @@ ARCHITECTURES: dict[str, type[UNet]] = {
 }
 
 
-def architecture(name: str) -> type[UNet]:
-    """The network class registered as `name`; UserError listing the choices otherwise."""
-    if name not in ARCHITECTURES:
-        raise UserError(f"model.arch={name!r}; use one of {tuple(ARCHITECTURES)}")
-    return ARCHITECTURES[name]
-
-
-def loss_name(diffusion_cfg: ml_collections.ConfigDict, arch: str) -> str:
-    """`diffusion.loss`, with 'auto' replaced by the architecture's `default_loss`."""
-    if diffusion_cfg.loss == "auto":
-        return architecture(arch).default_loss
-    return diffusion_cfg.loss
+def build(spec: ModelSpec) -> nn.Module:
+    """The network of `spec`: an instance of its architecture's class."""
+    return ARCHITECTURES[spec.arch](spec)

@@ -31,6 +31,37 @@ class UNet(nn.Module):
     residual_skips: ClassVar[bool] = False  # SiD2: one residual per down/up step, no U-Net skips.
     default_loss: ClassVar[str] = "eps_mse"  # diffusion.loss='auto' (paper: U-Net on eps-MSE).
 
+    @classmethod
+    def levels(cls, spec: ModelSpec) -> list[Level]:
+        """The convolutional levels of this architecture on `spec`; for the U-ViTs the last
+        multiplier is the transformer's width."""
+        mults = spec.channel_multipliers
+        num_conv = len(mults) - 1 if cls.has_transformer else len(mults)
+        res = spec.image_size // spec.transform_factor
+        levels = []
+        for i in range(num_conv):
+            last = i == len(mults) - 1
+            into_transformer = cls.has_transformer and i == num_conv - 1
+            levels.append(Level(
+                resolution=res,
+                channels=spec.level_width(i),
+                down_channels=None if last else spec.level_width(i + 1),
+                down_logical="embed" if into_transformer else "conv_out",
+                attention=cls.conv_attention and res in spec.attention_resolutions,
+                dropout=spec.dropout_at(res),
+            ))
+            res //= 2
+        return levels
+
+    @classmethod
+    def attention_widths(cls, spec: ModelSpec) -> list[int]:
+        """Widths of every self-attention: the transformer's, or the U-Net's attention levels
+        plus its middle block."""
+        if cls.has_transformer:
+            return [spec.transformer_width]
+        levels = cls.levels(spec)
+        return [lv.channels for lv in levels if lv.attention] + [levels[-1].channels]
+
     def res_block(self, channels: int, dropout: float, name: str) -> nn.Module:
         cls = layers.maybe_remat(layers.ResBlock, self.spec.remat, "conv", train_argnum=3)
         return cls(channels, dropout, self.spec.compute_dtype, name=name)
@@ -72,7 +103,7 @@ class UNet(nn.Module):
             x = transforms.forward(x, spec.input_transform, spec.patch_size)
         emb = layers.ConditionEmbedding(spec.emb_dim, spec.num_classes, dtype, name="cond")(
             logsnr_b, labels_b)
-        levels = spec.levels()
+        levels = self.levels(spec)
         stem_kernel, stem_stride = (spec.patch_size, spec.patch_size) if learned else (3, 1)
         h = layers.conv(levels[0].channels, stem_kernel, dtype, stride=stem_stride,
                         name="stem")(x.astype(dtype))

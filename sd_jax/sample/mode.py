@@ -9,7 +9,7 @@ first images) and <name>.json (step, sampler settings). The .npz path is the las
 Batch i uses the noise key `fold_in(fold_in(key(seed), SAMPLE_MODE_RNG), i)`, so the images depend
 on the seed and the batch size, not on the number of devices or processes (up to the order of
 float reductions), nor on the batches before: each batch is kept as a shard as soon as it is
-drawn (`sample_shards`), and a rerun after a kill or preemption continues from the first missing
+drawn (`shards`), and a rerun after a kill or preemption continues from the first missing
 one, giving the .npz an uninterrupted run would have written.
 """
 
@@ -31,14 +31,11 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from sd_jax import sharding
-from sd_jax.checkpoints import checkpointer as checkpointing
+from sd_jax import sharding, specs
 from sd_jax.checkpoints import integrity
-from sd_jax.diffusion import samplers as sampling
 from sd_jax.errors import UserError
-from sd_jax.io import images, paths
-from sd_jax.io import npz as npz_io
-from sd_jax.sample import shards as sample_shards
+from sd_jax.io import images, npz, paths
+from sd_jax.sample import restore, shards
 from sd_jax.sample.generate import Sampler
 
 SAMPLE_MODE_RNG = 3  # fold_in tag (trainer: 1 = train noise, 2 = periodic sample grids).
@@ -109,7 +106,7 @@ def settings(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
             "guidance_logsnr_max": s.guidance_logsnr_max, "sampler": s.sampler,
             "num_steps": s.num_steps, "noise_param": s.noise_param, "seed": config.seed,
             "use_ema": s.use_ema, "labels": s.labels, "batch_size": s.batch_size,
-            "sampling_spec": dataclasses.asdict(sampling.SamplingSpec.from_config(config)),
+            "sampling_spec": dataclasses.asdict(specs.sampling_spec(config)),
             "model": integrity.model_record(config.model)}  # Eval refuses samples of another model.
 
 
@@ -125,7 +122,7 @@ def write_samples(params: Any, config: ml_collections.ConfigDict, mesh: Mesh, st
     """Samples `config.sample.num_samples` images into <workdir>/samples/<name>.{npz,png,json}
     (process 0 writes); continues a killed run with the same settings. Returns the .npz path.
 
-    Each batch goes to a shard in the working folder (`sample_shards`) as soon as it is drawn;
+    Each batch goes to a shard in the working folder (`shards`) as soon as it is drawn;
     when all exist, the .npz is assembled from them (streamed), published, and only then the
     folder removed. Prints one line per batch with the rate and the time left.
     """
@@ -134,7 +131,7 @@ def write_samples(params: Any, config: ml_collections.ConfigDict, mesh: Mesh, st
     primary = jax.process_index() == 0
     labels = sample_labels(config, s.num_samples)  # Fail on bad labels before writing anything.
     meta = settings(config, step)
-    folder, total = sample_shards.ShardFolder(path, meta), num_batches(config)
+    folder, total = shards.ShardFolder(path, meta), num_batches(config)
     start = _agree(folder.completed(total) if primary else 0)
     batches = iter_samples(params, config, mesh, labels, start)  # Checks settings first.
     if primary:
@@ -153,7 +150,7 @@ def write_samples(params: Any, config: ml_collections.ConfigDict, mesh: Mesh, st
                   f"{eta.update(index + 1, done - start * s.batch_size)}", flush=True)
     if primary:
         shape = (s.num_samples, m.image_size, m.image_size, m.image_channels)
-        with npz_io.NpzStreamWriter(path, shape) as writer:
+        with npz.NpzStreamWriter(path, shape) as writer:
             for index, images_b in enumerate(folder.iter_shards(total)):
                 writer.write(images_b)
                 if index == 0:
@@ -190,8 +187,7 @@ def load_for_sampling(config: ml_collections.ConfigDict, workdir: str | os.PathL
     """(params, mesh, step): only the EMA (or raw, per sample.use_ema) params of the newest
     checkpoint, sharded for the configured mesh."""
     mesh = sharding.make_mesh(config.mesh)
-    sampling.SamplingSpec.from_config(config)  # Bad sampling settings fail before the restore.
-    params, step = checkpointing.restore_inference_params(
+    params, step = restore.restore_inference_params(
         workdir, config, mesh, use_ema=config.sample.use_ema)
     return params, mesh, step
 

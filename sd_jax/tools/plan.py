@@ -29,12 +29,12 @@ import ml_collections
 from jax.extend.core import Literal
 from jax.sharding import AbstractMesh
 
-from sd_jax import sharding
-from sd_jax.diffusion import losses
+from sd_jax import sharding, specs
 from sd_jax.errors import UserError
-from sd_jax.models import build_model, loss_name
+from sd_jax.models import build_model
+from sd_jax.models.init import param_shapes
+from sd_jax.models.layers import cast_params
 from sd_jax.models.spec import REMAT
-from sd_jax.tools.inspect import param_shapes
 from sd_jax.train import state as train_state
 from sd_jax.train import step as train_step
 
@@ -66,25 +66,6 @@ def _nbytes(aval: Any) -> int:
     return math.prod(aval.shape) * jnp.dtype(aval.dtype).itemsize
 
 
-def training_loss(model: Any, config: ml_collections.ConfigDict) -> Any:
-    """`loss(params, image, label, rng)`: the train step's forward (label drop, model with dropout,
-    `losses.diffusion_loss`), for tracing its residuals."""
-    def loss(params: Any, image: jax.Array, label: jax.Array, rng: jax.Array) -> jax.Array:
-        label_rng, loss_rng, dropout_rng = jax.random.split(rng, 3)
-        labels = train_step.drop_labels(label_rng, label, config.train.label_dropout,
-                                        config.model.num_classes)
-
-        def denoise_fn(z: jax.Array, logsnr: jax.Array, lab: jax.Array) -> jax.Array:
-            return model.apply({"params": params}, z, logsnr, lab, train=True,
-                               rngs={"dropout": dropout_rng})
-
-        return losses.diffusion_loss(
-            denoise_fn, image, labels, loss_rng, config.diffusion, config.model.image_size,
-            config.model.prediction, loss=loss_name(config.diffusion, config.model.arch))[0]
-
-    return loss
-
-
 def _module_of(eqn: Any, modules: set[str]) -> str:
     """The top-level module (a key of the params tree) an equation belongs to, from its name stack
     (e.g. 'jvp(UViT)/UViT.middle/transformer3/attn/qkv' -> 'transformer3')."""
@@ -95,17 +76,28 @@ def _module_of(eqn: Any, modules: set[str]) -> str:
 
 
 def _residual_jaxpr(config: ml_collections.ConfigDict, params: Any, batch: int) -> Any:
-    """Jaxpr whose outputs are the residuals of the loss's vjp with respect to the params."""
+    """Jaxpr whose outputs are the residuals, w.r.t. the params, of the train step's own forward
+    (`train_step.microbatch_loss` on one micro-batch of `batch` rows, params cast as the step
+    casts them)."""
     m = config.model
-    loss = training_loss(build_model(m), config)
+    model, spec = build_model(m), specs.diffusion_spec(config)
 
-    def residuals(p, image, label, rng):
-        return jax.vjp(lambda q: loss(q, image, label, rng), p)[1]
+    def residuals(p, image, flip, label, step_key):
+        raw = {"image": image, "flip": flip, "label": label}
+        mb = jax.tree.map(lambda x: x[0], train_step.microbatches(raw, step_key, 1, config))
 
-    image = jax.ShapeDtypeStruct((batch, m.image_size, m.image_size, m.image_channels), jnp.float32)
+        def loss(q):
+            return train_step.microbatch_loss(
+                cast_params(q, m.dtype), mb, train_step.dropout_key(step_key), model=model,
+                spec=spec, batch_size=batch)[0]
+
+        return jax.vjp(loss, p)[1]
+
+    image = jax.ShapeDtypeStruct((batch, m.image_size, m.image_size, m.image_channels), jnp.uint8)
+    flip = jax.ShapeDtypeStruct((batch,), jnp.bool_)
     label = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    return jax.make_jaxpr(residuals)(params, image, label, rng).jaxpr
+    step_key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    return jax.make_jaxpr(residuals)(params, image, flip, label, step_key).jaxpr
 
 
 def _classify(jaxpr: Any, params: Any) -> list[tuple[str, str, int]]:

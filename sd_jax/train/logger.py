@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -31,14 +30,12 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from sd_jax.diffusion.losses import BUCKET_COUNT, BUCKET_LOSS
 from sd_jax.errors import UserError
 from sd_jax.io import paths
 from sd_jax.tf_cpu import import_tensorflow
+from sd_jax.train.metrics import drop_empty_buckets
 
 METRICS_FILE = "metrics.jsonl"
-DIVERGENCE_ADVICE = ("the last checkpoint is intact; lower config.optimizer.learning_rate or "
-                     "check the data")
 UPLOAD_EVERY_SECS = 60.0  # gs:// workdirs: the longest a logged line waits to reach the bucket.
 
 
@@ -118,22 +115,6 @@ def tensorboard_writer(logdir: epath.Path) -> Any:
     local = tempfile.mkdtemp(prefix="sd_jax_tensorboard_")
     writer = _tensorboard_writer(local)
     return None if writer is None else _MirroredWriter(writer, local, logdir)
-
-
-def check_finite(step: int, loss: float, advice: str = DIVERGENCE_ADVICE) -> None:
-    """Raises UserError naming the step when the loss is NaN or Inf; `advice` ends the line."""
-    if not math.isfinite(loss):
-        raise UserError(f"loss is {loss} at step {step}; stopping without saving this state: "
-                        f"{advice}")
-
-
-def drop_empty_buckets(metrics: dict[str, float]) -> dict[str, float]:
-    """The step's metrics without the bucket counts, and without the loss of a logSNR bucket no
-    example fell in (missing rather than 0: `losses.logsnr_bucket_metrics`)."""
-    counts = {k[len(BUCKET_COUNT) + 1:]: v for k, v in metrics.items()
-              if k.startswith(BUCKET_COUNT + "/")}
-    return {k: v for k, v in metrics.items() if not k.startswith(BUCKET_COUNT + "/")
-            and not (k.startswith(BUCKET_LOSS + "/") and counts.get(k[len(BUCKET_LOSS) + 1:]) == 0)}
 
 
 class _Scalars:

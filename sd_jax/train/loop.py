@@ -8,22 +8,23 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from etils import epath
 from jax.sharding import Mesh
 
 from sd_jax import data, models, sharding
-from sd_jax.checkpoints import checkpointer as checkpointing
+from sd_jax.checkpoints import checkpointer
 from sd_jax.errors import UserError
-from sd_jax.io import images, paths
-from sd_jax.sample.generate import Sampler
-from sd_jax.tools import inspect as inspect_model
-from sd_jax.train import logger as metrics_io
+from sd_jax.io import paths
+from sd_jax.models.summary import parameter_table
+from sd_jax.train import periodic
 from sd_jax.train import state as train_state
+from sd_jax.train.logger import MetricsLogger, make_profiler
+from sd_jax.train.metrics import DIVERGENCE_ADVICE, check_finite
 from sd_jax.train.step import make_train_step
+from sd_jax.train.stop import StopSignal
 
-TRAIN_RNG, SAMPLE_RNG = 1, 2  # fold_in tags of the seed's key (the key itself inits params).
+TRAIN_RNG = 1  # fold_in tag of the seed's key (the key itself inits params; periodic: 2).
 # A NaN this soon after a restore points at the checkpoint (a sign flip in Adam's second moment
 # gives NaN within two steps), not at the learning rate.
 RESTORE_SUSPECT_STEPS = 10
@@ -34,38 +35,20 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def save_sample_grid(
-    params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int, workdir: epath.Path,
-    logger: metrics_io.MetricsLogger | None = None,
-) -> epath.Path | None:
-    """Samples `train.sample_grid_size` images (classes cycled) into samples/step_<step>.png
-    and, given `logger`, TensorBoard's images as 'samples'."""
-    n, num_classes = config.train.sample_grid_size, config.model.num_classes
-    labels = np.arange(n) % num_classes if num_classes else np.zeros(n, np.int32)
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), SAMPLE_RNG)  # Same noise each time.
-    x_bhwc = Sampler.from_config(config, mesh).generate(params, rng, labels)
-    if jax.process_index() != 0:
-        return None
-    grid = images.make_grid(images.to_uint8(x_bhwc), ncols=num_classes or None)
-    if logger is not None:
-        logger.write_images(step, {"samples": grid})
-    return images.save_png(grid, workdir / "samples" / f"step_{step:08d}.png")
-
-
 def divergence_advice(step: int, resumed: tuple[int, epath.Path] | None) -> str:
     """What to do about a NaN/Inf at `step`; `resumed` = (step, directory) of the restore."""
     if resumed is not None and step - resumed[0] <= RESTORE_SUSPECT_STEPS:
         since, where = step - resumed[0], resumed[1]
         return (f"this is {since} step(s) after resuming from checkpoint {where}, which may be "
-                f"damaged: move it to {where.parent.parent / checkpointing.DAMAGED_DIR}/ and rerun "
+                f"damaged: move it to {where.parent.parent / checkpointer.DAMAGED_DIR}/ and rerun "
                 "to resume from the one before (a lower learning rate would not help)")
-    return metrics_io.DIVERGENCE_ADVICE
+    return DIVERGENCE_ADVICE
 
 
 class _LaggedMetrics:
     """Holds a step's device metrics and reads them only after the next step is dispatched."""
 
-    def __init__(self, logger: metrics_io.MetricsLogger,
+    def __init__(self, logger: MetricsLogger,
                  resumed: tuple[int, epath.Path] | None = None):
         self.logger = logger
         self.resumed = resumed
@@ -83,22 +66,12 @@ class _LaggedMetrics:
         step, metrics = self.pending
         self.pending = None
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        metrics_io.check_finite(step, host["loss"], divergence_advice(step, self.resumed))
+        check_finite(step, host["loss"], divergence_advice(step, self.resumed))
         self.logger.record(step, host)  # Every step: clu's ReportProgress times each one.
 
 
-def _periodic_fid(config: ml_collections.ConfigDict) -> Any:
-    """`sd_jax.train.periodic` when `eval.fid_every > 0` (checked now), else None (not imported)."""
-    if int(config.eval.fid_every) <= 0:
-        return None
-    from sd_jax.train import periodic
-
-    periodic.check_config(config)
-    return periodic
-
-
 def _restore_or_init(
-    ckpt: checkpointing.Checkpointer, model: Any, tx: Any, config: ml_collections.ConfigDict,
+    ckpt: checkpointer.Checkpointer, model: Any, tx: Any, config: ml_collections.ConfigDict,
     mesh: Mesh,
 ) -> tuple[train_state.TrainState, Any, int]:
     """Resumes from the newest intact checkpoint in the workdir, else initialises.
@@ -109,7 +82,7 @@ def _restore_or_init(
         state, _ = train_state.create_train_state(model, tx, config, mesh)
         return state, shardings, 0
     state, meta, step = found
-    checkpointing.check_meta(meta, config)
+    checkpointer.check_meta(meta, config)
     logging.info("resumed from the checkpoint at step %d", step)
     print(f"resuming from step {step}", flush=True)
     return state, shardings, int(step)
@@ -130,12 +103,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     sharding.check_batch_divisible(t.batch_size, mesh)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-    fid = _periodic_fid(config)  # Fails fast on missing weights / reference, before training.
-    profiler = metrics_io.make_profiler(t, workdir)  # Fails fast on bad steps; starts nothing.
+    periodic.check_config(config)  # Fails fast on missing FID weights / reference.
+    profiler = make_profiler(t, workdir)  # Fails fast on bad steps; starts nothing.
     loader = data.build_loader(config)
     model = models.build_model(config.model)
     tx = train_state.make_optimizer(config.optimizer)
-    ckpt = checkpointing.Checkpointer(workdir, keep=t.keep_checkpoints)
+    ckpt = checkpointer.Checkpointer(workdir, keep=t.keep_checkpoints)
     try:
         state, shardings, start = _restore_or_init(ckpt, model, tx, config, mesh)
     except BaseException:  # E.g. a checkpoint of another model: no threads left behind.
@@ -143,25 +116,25 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
         loader.close()
         raise
     if jax.process_index() == 0:
-        print(inspect_model.parameter_table(state.params), flush=True)
+        print(parameter_table(state.params), flush=True)
     step_fn = make_train_step(model, tx, config, mesh, shardings)
     train_rng = jax.device_put(
         jax.random.fold_in(jax.random.PRNGKey(config.seed), TRAIN_RNG), sharding.replicated(mesh)
     )
-    logger = metrics_io.MetricsLogger(
+    logger = MetricsLogger(
         workdir, num_steps=t.num_steps, batch_size=t.batch_size, log_every=max(int(t.log_every), 1),
         start_step=start, tensorboard=t.tensorboard,
     )
     resumed = (start, ckpt.directory / str(start)) if start else None
     lagged = _LaggedMetrics(logger, resumed)
-    stop = checkpointing.StopSignal(t.stop_check_every)
+    stop = StopSignal(t.stop_check_every)
 
     def save(step: int) -> None:
         lagged.flush()  # The NaN check of the step that produced this state comes first.
         if not bool(_all_finite(state.params)):
             raise UserError(f"parameters are NaN/Inf after step {step}; not saving them: "
                             f"{divergence_advice(step, resumed)}")
-        ckpt.save(step, state, checkpointing.data_meta(step, config))
+        ckpt.save(step, state, checkpointer.data_meta(step, config))
         logger.flush()  # In a bucket, metrics.jsonl then holds every step up to the checkpoint.
 
     try:
@@ -178,9 +151,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
             if step % t.checkpoint_every == 0 or step == t.num_steps or stopping:
                 save(step)
             if t.sample_every and (step % t.sample_every == 0 or step == t.num_steps):
-                save_sample_grid(state.ema_params, config, mesh, step, workdir, logger)
-            if fid is not None:  # All processes, same steps: sampling is a collective.
-                fid.maybe_fid(step, state.ema_params, config, mesh, workdir)
+                periodic.save_sample_grid(state.ema_params, config, mesh, step, workdir, logger)
+            # All processes, same steps: sampling is a collective.
+            periodic.maybe_fid(step, state.ema_params, config, mesh, workdir)
             if stopping:
                 why = "by signal" if signalled else "at the preemption sync point"
                 print(f"stopped {why} at step {step}; checkpoint saved", flush=True)

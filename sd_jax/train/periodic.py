@@ -1,8 +1,10 @@
-"""Small FIDs during training (`config.eval.fid_every`, `config.eval.fid_num_samples`).
+"""What the trainer samples while it trains: EMA sample grids (`train.sample_every`) and small
+FIDs (`config.eval.fid_every`, `config.eval.fid_num_samples`).
 
 The trainer calls, once before the loop, `periodic.check_config(config)` (fails fast on a missing
 Inception weights file or reference batch), and after each step (all processes, same steps):
 
+    periodic.save_sample_grid(state.ema_params, config, mesh, step, workdir, logger)  # some steps
     periodic.maybe_fid(step, state.ema_params, config, mesh, workdir)
 
 It samples `fid_num_samples` images with the `config.sample` sampler (same noise every time, so
@@ -20,13 +22,37 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
+from etils import epath
 from jax.sharding import Mesh
 
 from sd_jax.eval import fid, inception
 from sd_jax.eval import mode as evaluate
+from sd_jax.io import images
 from sd_jax.sample import mode as sample_mode
+from sd_jax.sample.generate import Sampler
+from sd_jax.train.logger import MetricsLogger
 
+SAMPLE_RNG = 2  # fold_in tag of the seed's key for the sample grids (train/loop.py: 1).
 _CACHE: dict[tuple, tuple[fid.ExtractFn, int, dict]] = {}
+
+
+def save_sample_grid(
+    params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int, workdir: epath.Path,
+    logger: MetricsLogger | None = None,
+) -> epath.Path | None:
+    """Samples `train.sample_grid_size` images (classes cycled) into samples/step_<step>.png
+    and, given `logger`, TensorBoard's images as 'samples'."""
+    n, num_classes = config.train.sample_grid_size, config.model.num_classes
+    labels = np.arange(n) % num_classes if num_classes else np.zeros(n, np.int32)
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), SAMPLE_RNG)  # Same noise each time.
+    x_bhwc = Sampler.from_config(config, mesh).generate(params, rng, labels)
+    if jax.process_index() != 0:
+        return None
+    grid = images.make_grid(images.to_uint8(x_bhwc), ncols=num_classes or None)
+    if logger is not None:
+        logger.write_images(step, {"samples": grid})
+    return images.save_png(grid, workdir / "samples" / f"step_{step:08d}.png")
 
 
 def enabled(config: ml_collections.ConfigDict) -> bool:

@@ -14,6 +14,7 @@ import optax
 from jax.sharding import Mesh
 
 from sd_jax import sharding
+from sd_jax.models.init import init_params
 
 
 @flax.struct.dataclass
@@ -53,21 +54,12 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict) -> optax.GradientTransfor
     return optax.chain(*parts)
 
 
-def init_variables(model: nn.Module, config: ml_collections.ConfigDict, rng: jax.Array) -> Any:
-    """`model.init` on a one-image dummy batch; returns the (boxed) params collection."""
-    m = config.model
-    z = jnp.zeros((1, m.image_size, m.image_size, m.image_channels), jnp.float32)
-    logsnr = jnp.zeros((1,), jnp.float32)
-    labels = jnp.zeros((1,), jnp.int32)
-    return model.init({"params": rng, "dropout": rng}, z, logsnr, labels, train=False)["params"]
-
-
 def _init_boxed(
     model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
     rng: jax.Array,
 ) -> TrainState:
     """The state with params still in their logical-partitioning boxes (for eval_shape)."""
-    params = init_variables(model, config, rng)
+    params = init_params(model, config.model, rng)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

@@ -28,11 +28,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from sd_jax import sharding
-from sd_jax import validate as config_validation
+from sd_jax import sharding, specs
 from sd_jax.diffusion import losses, schedules
-from sd_jax.models import loss_name
+from sd_jax.diffusion.spec import DiffusionSpec
 from sd_jax.models.layers import cast_params
+from sd_jax.train import metrics as metrics_lib
 from sd_jax.train.state import TrainState, learning_rate_fn
 
 Batch = dict[str, jax.Array]
@@ -94,8 +94,8 @@ def dropout_key(step_key: jax.Array) -> jax.Array:
     return jax.random.fold_in(step_key, 3)
 
 
-def microbatch_metrics(aux: dict[str, jax.Array], batch_size: int,
-                       diffusion_cfg: ml_collections.ConfigDict, image_size: int) -> Metrics:
+def microbatch_metrics(aux: dict[str, jax.Array], batch_size: int, spec: DiffusionSpec
+                       ) -> Metrics:
     """One micro-batch's contributions to the step's metrics, from the loss's `aux` (per-example
     arrays of this micro-batch). The step SUMS every leaf over the micro-batches, so each entry
     must be additive: a sum over this micro-batch's rows (divided by the global `batch_size` for
@@ -104,10 +104,49 @@ def microbatch_metrics(aux: dict[str, jax.Array], batch_size: int,
     per-example input), and, unless it is already a scalar the logger can write, turn the sums
     into scalar metrics in `train_step` (as the per-bucket sums and counts are)."""
     # Sums and counts (not means) per logSNR bucket, so that micro-batches simply add up.
-    edges = losses.logsnr_bucket_edges(diffusion_cfg, image_size)
-    sums, counts = losses.logsnr_bucket_sums(aux["logsnr_b"], aux["unweighted_loss_b"], edges)
+    edges = metrics_lib.logsnr_bucket_edges(spec)
+    sums, counts = metrics_lib.logsnr_bucket_sums(aux["logsnr_b"], aux["unweighted_loss_b"],
+                                                  edges)
     return {"loss": jnp.sum(aux["loss_b"]) / batch_size, "bucket_sums": sums,
             "bucket_counts": counts}
+
+
+def microbatches(batch: Batch, step_key: jax.Array, count: int,
+                 config: ml_collections.ConfigDict) -> Batch:
+    """The global `batch` as `count` micro-batches (leaves [count, B / count, ...]; module
+    docstring), each row with its label after label dropout, its time `t` and its noise key,
+    all drawn from `step_key` and the row's global index; "index" numbers the micro-batches."""
+    batch_size = batch["label"].shape[0]
+    labels_b = drop_labels(jax.random.fold_in(step_key, 0), batch["label"],
+                           config.train.label_dropout, config.model.num_classes)
+    t_b = schedules.sample_times(jax.random.fold_in(step_key, 1), batch_size,
+                                 config.diffusion.time_sampling)
+    noise_keys_b = jax.vmap(jax.random.fold_in, (None, 0))(
+        jax.random.fold_in(step_key, 2), jnp.arange(batch_size))
+    micro = jax.tree.map(lambda x: _split_micro(x, count), {
+        "image": batch["image"], "flip": batch["flip"], "label": labels_b, "t": t_b,
+        "noise_key": noise_keys_b})
+    micro["index"] = jnp.arange(count)
+    return micro
+
+
+def microbatch_loss(params: Any, mb: Batch, drop_key: jax.Array, *, model: nn.Module,
+                    spec: DiffusionSpec, batch_size: int) -> tuple[jax.Array, Metrics]:
+    """The training forward of one micro-batch `mb` (one entry of `microbatches`): its share of
+    the step's mean weighted loss (`batch_size` is the global batch), and its metrics. The train
+    step differentiates it; `--mode=plan` traces its backward pass (sd_jax/tools/plan.py)."""
+    def denoise_fn(z_bhwc: jax.Array, logsnr_b: jax.Array, labels: jax.Array) -> jax.Array:
+        return model.apply(
+            {"params": params}, z_bhwc, logsnr_b, labels, train=True,
+            rngs={"dropout": jax.random.fold_in(drop_key, mb["index"])},
+        )
+
+    x0_bhwc = device_images(mb["image"], mb["flip"])
+    eps_bhwc = example_noise(mb["noise_key"], x0_bhwc.shape[1:])
+    _, aux = losses.diffusion_loss_given_noise(denoise_fn, x0_bhwc, mb["label"], mb["t"],
+                                               eps_bhwc, spec)
+    metrics = microbatch_metrics(aux, batch_size, spec)
+    return metrics["loss"], metrics
 
 
 def loss_and_grads(
@@ -129,39 +168,14 @@ def loss_and_grads(
     pins each micro-batch's gradient to its parameter's sharding, so the float32 accumulator is
     split like the params (FSDP) and each gradient is reduce-scattered once per micro-batch.
     """
-    m_cfg = config.model
     batch_size = batch["label"].shape[0]
     count = num_microbatches(batch_size, int(config.train.microbatch_size))
-    labels_b = drop_labels(jax.random.fold_in(step_key, 0), batch["label"],
-                           config.train.label_dropout, m_cfg.num_classes)
-    t_b = schedules.sample_times(jax.random.fold_in(step_key, 1), batch_size,
-                                 config.diffusion.time_sampling)
-    noise_keys_b = jax.vmap(jax.random.fold_in, (None, 0))(
-        jax.random.fold_in(step_key, 2), jnp.arange(batch_size))
-    micro = jax.tree.map(lambda x: _split_micro(x, count), {
-        "image": batch["image"], "flip": batch["flip"], "label": labels_b, "t": t_b,
-        "noise_key": noise_keys_b})
-    micro["index"] = jnp.arange(count)
-    drop_key = dropout_key(step_key)
-    loss_kind = loss_name(config.diffusion, m_cfg.arch)
+    micro = microbatches(batch, step_key, count, config)
+    loss_fn = functools.partial(microbatch_loss, drop_key=dropout_key(step_key), model=model,
+                                spec=specs.diffusion_spec(config), batch_size=batch_size)
     # Cast once per step: the convert runs on each device's shard, so FSDP gathers move the
     # compute dtype. The float32 master weights stay with the caller.
-    params_c = cast_params(params, m_cfg.dtype)
-
-    def loss_fn(p: Any, mb: Batch) -> tuple[jax.Array, Metrics]:
-        def denoise_fn(z_bhwc: jax.Array, logsnr_b: jax.Array, labels: jax.Array) -> jax.Array:
-            return model.apply(
-                {"params": p}, z_bhwc, logsnr_b, labels, train=True,
-                rngs={"dropout": jax.random.fold_in(drop_key, mb["index"])},
-            )
-
-        x0_bhwc = device_images(mb["image"], mb["flip"])
-        eps_bhwc = example_noise(mb["noise_key"], x0_bhwc.shape[1:])
-        _, aux = losses.diffusion_loss_given_noise(
-            denoise_fn, x0_bhwc, mb["label"], mb["t"], eps_bhwc, config.diffusion,
-            m_cfg.image_size, m_cfg.prediction, loss=loss_kind)
-        metrics = microbatch_metrics(aux, batch_size, config.diffusion, m_cfg.image_size)
-        return metrics["loss"], metrics  # This micro-batch's share of the mean.
+    params_c = cast_params(params, config.model.dtype)
 
     def micro_step(mb: Batch) -> tuple[Metrics, Any]:
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params_c, mb)
@@ -198,14 +212,14 @@ def train_step(
     `rng` is the run's base key; the step's randomness is `fold_in(rng, state.step)`, so a resumed
     run draws exactly the numbers an uninterrupted one would. Metrics, all of the whole global
     batch: `loss` (weighted), `unweighted_loss`, `grad_norm`, `learning_rate` and the unweighted
-    loss per logSNR bucket (`losses.logsnr_bucket_metrics`), from `microbatch_metrics` summed
+    loss per logSNR bucket (`metrics.logsnr_bucket_metrics`), from `microbatch_metrics` summed
     over the micro-batches.
     """
     step_key = jax.random.fold_in(rng, state.step)
     summed, grads = loss_and_grads(state.params, batch, step_key, model=model, config=config,
                                    param_shardings=param_shardings)
     sums, counts = summed.pop("bucket_sums"), summed.pop("bucket_counts")
-    edges = losses.logsnr_bucket_edges(config.diffusion, config.model.image_size)
+    edges = metrics_lib.logsnr_bucket_edges(specs.diffusion_spec(config))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = TrainState(
@@ -219,7 +233,7 @@ def train_step(
         "unweighted_loss": jnp.sum(sums) / jnp.sum(counts),
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": learning_rate_fn(config.optimizer)(state.step),
-        **losses.logsnr_bucket_metrics(sums, counts, edges),
+        **metrics_lib.logsnr_bucket_metrics(sums, counts, edges),
     }
     return new_state, metrics
 
@@ -232,7 +246,8 @@ def make_train_step(
     state_shardings: TrainState,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]:
     """`train_step` with model/optimizer/config bound, jitted once; the input state is donated."""
-    config_validation.check_microbatch(config.train, mesh.devices.size)
+    micro = int(config.train.microbatch_size)  # validate() checked it against the devices.
+    assert micro in (0, config.train.batch_size) or micro % mesh.devices.size == 0, micro
     step_fn = functools.partial(train_step, model=model, tx=tx, config=config,
                                 param_shardings=state_shardings.params)
     data = sharding.batch_sharding(mesh)

@@ -68,7 +68,7 @@ mesh = sharding.make_mesh(cfg.mesh)
 for field, value in {other!r}.items():
     other = tiny_config(**{{"model." + field: value}})
     for mode, run in (("train", lambda: trainer.train(other, W + "/straight")),
-                      ("sample", lambda: checkpointing.restore_inference_params(
+                      ("sample", lambda: sample_restore.restore_inference_params(
                           W + "/straight", other, mesh))):
         try:
             run()

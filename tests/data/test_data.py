@@ -16,6 +16,7 @@ from PIL import Image
 from configs import base
 from sd_jax.data import ArraySource, FolderSource, Loader, build_loader, digits_source, preprocess
 from sd_jax.errors import UserError
+from sd_jax.validate import validate
 
 
 def make_source(n: int = 37, size: int = 8, num_classes: int = 5) -> ArraySource:
@@ -340,5 +341,5 @@ def test_folder_errors(tmp_path):
     with pytest.raises(UserError, match="data.folder"):
         build_loader(config, process_index=0, process_count=1)
     config.data.source = "nope"
-    with pytest.raises(UserError, match="unknown data.source"):
-        build_loader(config, process_index=0, process_count=1)
+    with pytest.raises(UserError, match="data.source='nope'; use one of digits, folder, tfds"):
+        validate(config, "train")

@@ -1,10 +1,10 @@
 """Losses: forward process, conversions, multiscale MSE, weighting, diffusion_loss (~20 s)."""
 
-import functools
 import itertools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from scipy import integrate
@@ -12,8 +12,12 @@ from test_schedules import cosine_reference
 from utils import float32_sum_error
 
 from configs.base import get_config
-from sd_jax.diffusion import losses, schedules
+from sd_jax.diffusion import losses, process, schedules
+from sd_jax.diffusion import spec as spec_module
+from sd_jax.diffusion.spec import DiffusionSpec
 from sd_jax.errors import UserError
+from sd_jax.specs import diffusion_spec
+from sd_jax.validate import validate
 
 B, D = 6, 16
 
@@ -31,53 +35,57 @@ def _alpha_sigma_np(logsnr):
     return np.sqrt(alpha2)[:, None, None, None], np.sqrt(1 - alpha2)[:, None, None, None]
 
 
-def _diffusion_cfg(**overrides):
-    cfg = get_config().diffusion
-    cfg.update({"multiscale": False, "loss": "v_mse", **overrides})
-    return cfg
+def _config(image_size=D, prediction="v", **overrides):
+    """The base config with `diffusion` fields overridden (multiscale off, v-MSE by default)."""
+    config = get_config()
+    config.model.update(image_size=image_size, prediction=prediction)
+    config.diffusion.update({"multiscale": False, "loss": "v_mse", **overrides})
+    return config
 
 
-def _loss(denoise, x0, seed, cfg, image_size, prediction="v"):
+def _spec(image_size=D, prediction="v", **overrides) -> DiffusionSpec:
+    return diffusion_spec(_config(image_size, prediction, **overrides))
+
+
+def _loss(denoise, x0, seed, spec):
     """`diffusion_loss` run op by op (on CPU cheaper than compiling one program per config)."""
     labels = jnp.zeros(x0.shape[0], jnp.int32)
-    return losses.diffusion_loss(
-        denoise, x0, labels, jax.random.key(seed), cfg, image_size, prediction
-    )
+    return losses.diffusion_loss(denoise, x0, labels, jax.random.key(seed), spec)
 
 
 def test_diffuse_and_v_target_match_formulas():
     x0, eps, logsnr = _batch()
     alpha, sigma = _alpha_sigma_np(logsnr)
-    np.testing.assert_allclose(losses.diffuse(x0, eps, logsnr), alpha * x0 + sigma * eps,
+    np.testing.assert_allclose(process.diffuse(x0, eps, logsnr), alpha * x0 + sigma * eps,
                                rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(losses.v_from_x0_eps(x0, eps, logsnr), alpha * eps - sigma * x0,
+    np.testing.assert_allclose(process.v_from_x0_eps(x0, eps, logsnr), alpha * eps - sigma * x0,
                                rtol=1e-5, atol=1e-6)
 
 
 @jax.enable_x64(True)  # Exact inverses: float64 (1 / alpha at logSNR -8 amplifies rounding 55x).
 def test_conversions_round_trip():
     x0, eps, logsnr = (jnp.asarray(a, jnp.float64) for a in _batch())
-    z = losses.diffuse(x0, eps, logsnr)
-    truth = {"x0": x0, "eps": eps, "v": losses.v_from_x0_eps(x0, eps, logsnr)}
+    z = process.diffuse(x0, eps, logsnr)
+    truth = {"x0": x0, "eps": eps, "v": process.v_from_x0_eps(x0, eps, logsnr)}
     assert z.dtype == truth["v"].dtype == jnp.float64
     for source in truth:
-        x0_hat, eps_hat = losses.x0_eps_from_output(z, truth[source], logsnr, source)
+        x0_hat, eps_hat = process.x0_eps_from_output(z, truth[source], logsnr, source)
         np.testing.assert_allclose(x0_hat, x0, rtol=0, atol=1e-12)
         np.testing.assert_allclose(eps_hat, eps, rtol=0, atol=1e-12)
     for source, target in itertools.permutations(truth, 2):
-        got = losses.convert_output(z, truth[source], logsnr, source, target)
+        got = process.convert_output(z, truth[source], logsnr, source, target)
         np.testing.assert_allclose(got, truth[target], rtol=0, atol=1e-12,
                                    err_msg=f"{source}->{target}")
-    with pytest.raises(UserError, match="prediction"):
-        losses.x0_eps_from_output(z, eps, logsnr, "score")
+    with pytest.raises(UserError, match="model.prediction"):
+        validate(_config(512, prediction="score"), "inspect")
 
 
 def test_eps_error_is_alpha_times_v_error():
     x0, eps, logsnr = _batch()
-    z = losses.diffuse(x0, eps, logsnr)
-    v = losses.v_from_x0_eps(x0, eps, logsnr)
+    z = process.diffuse(x0, eps, logsnr)
+    v = process.v_from_x0_eps(x0, eps, logsnr)
     v_hat = v + jnp.asarray(np.random.default_rng(1).standard_normal(v.shape), jnp.float32)
-    eps_hat = losses.convert_output(z, v_hat, logsnr, "v", "eps")
+    eps_hat = process.convert_output(z, v_hat, logsnr, "v", "eps")
     alpha, _ = _alpha_sigma_np(logsnr)
     np.testing.assert_allclose(eps - eps_hat, alpha * (v - v_hat), atol=1e-5)
 
@@ -91,8 +99,12 @@ def test_multiscale_sizes_and_weights():
     np.testing.assert_allclose(weights, np.array([4, 2, 1]) / 7)
     np.testing.assert_allclose(losses.multiscale_weights([8, 16], "uniform"), [0.5, 0.5])
     np.testing.assert_allclose(losses.multiscale_weights([8, 16], (1.0, 3.0)), [0.25, 0.75])
+    config = ml_collections.ConfigDict(_config(512, multiscale=True).to_dict(), type_safe=False)
+    config.diffusion.multiscale_weighting = (1.0, 2.0)  # Scales [32, ..., 512]: 3 weights short.
     with pytest.raises(UserError, match="one weight per scale"):
-        losses.multiscale_weights([8, 16], (1.0,))
+        validate(config, "inspect")
+    with pytest.raises(UserError, match="multiscale_weighting"):
+        validate(_config(512, multiscale=True, multiscale_weighting="edm"), "inspect")
 
 
 def test_average_pool_matches_numpy():
@@ -131,21 +143,35 @@ def test_multiscale_weighs_low_frequency_error_more():
     assert float(loss_low[0]) > 5 * float(loss_high[0])
 
 
-# Schedules as (jax fn, float64 numpy reference); the last one spends its time differently from
-# the cosine but has the same range, so a weighting over logSNR must not tell them apart.
+# Schedules as (name in spec.SCHEDULES, float64 numpy reference) at 512 px; the last one,
+# registered by the `t_squared_schedule` fixture (one function, one table entry), spends its
+# time differently from the cosine but has the same range, so a weighting over logSNR must not
+# tell them apart.
 SCHEDULES = {
-    "cosine": (schedules.logsnr_cosine, cosine_reference),
-    "shifted": (functools.partial(schedules.logsnr_shifted_cosine, image_d=512, noise_d=64),
-                lambda t: cosine_reference(t) + 2 * np.log(64 / 512)),
+    "cosine": ("cosine", cosine_reference),
+    "shifted": ("shifted_cosine", lambda t: cosine_reference(t) + 2 * np.log(64 / 512)),
     "interpolated": (
-        functools.partial(schedules.logsnr_interpolated_cosine, image_d=512, noise_d_low=32,
-                          noise_d_high=256),
+        "interpolated_cosine",
         lambda t: t * (cosine_reference(t) + 2 * np.log(32 / 512))
         + (1 - t) * (cosine_reference(t) + 2 * np.log(256 / 512))),
-    "cosine_of_t_squared": (lambda t: schedules.logsnr_cosine(t**2),
+    "cosine_of_t_squared": ("cosine_of_t_squared",
                             lambda t: cosine_reference(np.asarray(t) ** 2)),
 }
 BIAS = -3.0
+
+
+@pytest.fixture(autouse=True)
+def t_squared_schedule(monkeypatch):
+    """A test-only schedule, `logsnr_cosine(t^2)`, added to the table as a user would add one."""
+    monkeypatch.setitem(spec_module.SCHEDULES, "cosine_of_t_squared",
+                        lambda spec: lambda t: schedules.logsnr_cosine(jnp.asarray(t) ** 2))
+
+
+def _weight_spec(name, weighting="sigmoid") -> DiffusionSpec:
+    """The sigmoid weighting (bias BIAS) on schedule `name` of SCHEDULES at 512 px."""
+    return DiffusionSpec(image_size=512, schedule=SCHEDULES[name][0], noise_d=64.0,
+                         noise_d_low=32.0, noise_d_high=256.0, loss_weighting=weighting,
+                         sigmoid_bias=BIAS)
 
 
 def _sigmoid(x):
@@ -171,17 +197,18 @@ def _reference_weight(t, logsnr_ref, bias=BIAS, h=1e-7):
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_eps_loss_weight_matches_finite_differences(name):
-    fn, ref = SCHEDULES[name]
+    _, ref = SCHEDULES[name]
     t = np.concatenate([[0.0, 1e-6, 1e-3], np.linspace(0.01, 0.99, 15), [0.999, 1 - 1e-6, 1.0]])
     with jax.enable_x64(True):
-        got = np.asarray(losses.eps_loss_weight(jnp.asarray(t), fn, "sigmoid", BIAS))
+        got = np.asarray(losses.eps_loss_weight(jnp.asarray(t), _weight_spec(name)))
     np.testing.assert_allclose(got, _reference_weight(t, ref), rtol=1e-6)
-    np.testing.assert_array_equal(losses.eps_loss_weight(jnp.asarray(t), fn), 1.0)
+    constant = _weight_spec(name, "constant")
+    np.testing.assert_array_equal(losses.eps_loss_weight(jnp.asarray(t), constant), 1.0)
     with pytest.raises(UserError, match="loss_weighting"):
-        losses.eps_loss_weight(jnp.asarray(t), fn, "edm")
+        validate(_config(512, loss_weighting="edm"), "inspect")
 
 
-def _expect_over_t(fn, f):
+def _expect_over_t(spec, f):
     """E_{t ~ U(0, 1)}[weight(t) f(lambda(t))] by Gauss-Legendre on panels graded toward both
     ends (near t = 1 the Jacobian peaks at ~5.7e3 over a width of ~3.5e-4), in float64."""
     edges = np.unique(np.concatenate([[0.0, 0.5, 1.0], 10.0 ** -np.arange(1, 10),
@@ -191,8 +218,8 @@ def _expect_over_t(fn, f):
     t = (lo + (hi - lo) * (nodes + 1) / 2).ravel()
     dt = ((hi - lo) / 2 * weights).ravel()
     with jax.enable_x64(True):
-        w = np.asarray(losses.eps_loss_weight(jnp.asarray(t), fn, "sigmoid", BIAS))
-        logsnr = np.asarray(fn(jnp.asarray(t)))
+        w = np.asarray(losses.eps_loss_weight(jnp.asarray(t), spec))
+        logsnr = np.asarray(spec.logsnr_fn()(jnp.asarray(t)))
     return float(np.sum(dt * w * f(logsnr)))
 
 
@@ -202,7 +229,7 @@ def test_sigmoid_weighting_is_a_weighting_over_logsnr(name):
     sigmoid(b - lambda) f(lambda) dlambda, for any f: only the schedule's range enters, not how
     it spends its time (f = 1: the weight averages to 1). Both sides are float64 quadratures
     converged to < 1e-9 (doubling the nodes changes nothing at that level)."""
-    fn, ref = SCHEDULES[name]
+    _, ref = SCHEDULES[name]
     logsnr_min, logsnr_max = float(ref(1.0)), float(ref(0.0))
     norm = _softplus(BIAS - logsnr_min) - _softplus(BIAS - logsnr_max)
     test_fns = {"one": np.ones_like, "wave": lambda x: np.cos(x / 3) + 0.1 * x,
@@ -210,8 +237,8 @@ def test_sigmoid_weighting_is_a_weighting_over_logsnr(name):
     for label, f in test_fns.items():
         over_logsnr = integrate.quad(lambda x, f=f: _sigmoid(BIAS - x) * f(x), logsnr_min,
                                      logsnr_max, epsabs=1e-13, epsrel=1e-12, limit=200)[0]
-        np.testing.assert_allclose(_expect_over_t(fn, f), over_logsnr / norm, rtol=1e-7,
-                                   err_msg=label)
+        np.testing.assert_allclose(_expect_over_t(_weight_spec(name), f), over_logsnr / norm,
+                                   rtol=1e-7, err_msg=label)
 
 
 def test_without_the_jacobian_the_weighting_would_depend_on_the_schedule():
@@ -221,7 +248,7 @@ def test_without_the_jacobian_the_weighting_would_depend_on_the_schedule():
     no_jacobian = [np.mean(_sigmoid(BIAS - ref(t)) * f(ref(t)))
                    for ref in (SCHEDULES["cosine"][1], SCHEDULES["cosine_of_t_squared"][1])]
     assert abs(no_jacobian[0] / no_jacobian[1] - 1) > 0.1, no_jacobian
-    with_jacobian = [_expect_over_t(SCHEDULES[n][0], f) for n in ("cosine", "cosine_of_t_squared")]
+    with_jacobian = [_expect_over_t(_weight_spec(n), f) for n in ("cosine", "cosine_of_t_squared")]
     np.testing.assert_allclose(with_jacobian[0], with_jacobian[1], rtol=1e-7)
 
 
@@ -229,9 +256,9 @@ def test_without_the_jacobian_the_weighting_would_depend_on_the_schedule():
 def test_eps_loss_weight_in_float32_is_finite_and_accurate_on_all_of_0_1(name):
     """-dlambda/dt reaches ~5.7e3 at t = 1; the float32 weight stays finite and within 1e-3 of
     float64 (float32 tan near pi/2 loses eps32 * (pi/2) / (pi/2 - u) ~ 2e-4, relative)."""
-    fn, ref = SCHEDULES[name]
+    _, ref = SCHEDULES[name]
     t = np.linspace(0.0, 1.0, 2001)
-    w = np.asarray(losses.eps_loss_weight(jnp.asarray(t, jnp.float32), fn, "sigmoid", BIAS))
+    w = np.asarray(losses.eps_loss_weight(jnp.asarray(t, jnp.float32), _weight_spec(name)))
     assert w.dtype == np.float32 and np.all(np.isfinite(w)) and np.all(w > 0)
     np.testing.assert_allclose(w, _reference_weight(t, ref), rtol=1e-3)
     assert 100 < w.max() < 1e4  # The eps-space weight is large at the noisy end, by design.
@@ -252,22 +279,23 @@ def _constant_data_denoiser(value, prediction):
 @pytest.mark.parametrize("loss", ["v_mse", "eps_mse"])
 @pytest.mark.parametrize("prediction", ["v", "eps", "x0"])
 def test_diffusion_loss_is_zero_for_the_optimal_denoiser(loss, prediction):
-    cfg = _diffusion_cfg(loss=loss, multiscale=True, multiscale_min_size=4, schedule="cosine")
+    spec = _spec(D, prediction, loss=loss, multiscale=True, multiscale_min_size=4,
+                 schedule="cosine")
     x0 = jnp.full((B, D, D, 3), 0.4)
-    value, aux = _loss(_constant_data_denoiser(0.4, prediction), x0, 0, cfg, D, prediction)
+    value, aux = _loss(_constant_data_denoiser(0.4, prediction), x0, 0, spec)
     assert float(value) < 1e-6 and aux["loss_b"].shape == (B,)
 
 
 def test_diffusion_loss_of_zero_v_output_is_mean_v_squared():
     """With x0 = 0, v = alpha eps, so a zero output has v-MSE ~ alpha^2 per example."""
-    cfg = _diffusion_cfg(time_sampling="stratified")
+    spec = _spec(32, time_sampling="stratified")
     x0 = jnp.zeros((B, 32, 32, 3))
     zero = lambda z, logsnr_b, labels_b: jnp.zeros_like(z, jnp.bfloat16)
-    value, aux = _loss(zero, x0, 3, cfg, 32)
+    value, aux = _loss(zero, x0, 3, spec)
     assert value.dtype == jnp.float32 and value.shape == ()
     t_b = np.sort(np.asarray(aux["t_b"]))
     np.testing.assert_allclose(np.diff(t_b), 1 / B, atol=1e-6)  # Stratified times were used.
-    logsnr_b = schedules.get_logsnr_fn(cfg, 32)(aux["t_b"])
+    logsnr_b = spec.logsnr_fn()(aux["t_b"])
     alpha2 = np.asarray(jax.nn.sigmoid(logsnr_b))
     # Each example averages 3072 eps^2 draws: relative std ~2.6%, so 12% is > 4 std errors.
     np.testing.assert_allclose(aux["loss_b"], alpha2, rtol=0.12)
@@ -277,11 +305,11 @@ def test_diffusion_loss_of_zero_v_output_is_mean_v_squared():
 def test_x0_output_v_loss_is_x0_error_over_sigma_squared():
     """v - v_hat = (x0_hat - x0) / sigma (v = (alpha z - x0) / sigma), so an x0 output that is
     off by a constant 0.05 has v-MSE 0.0025 / sigma^2 per example (docs/resolution.md)."""
-    cfg = _diffusion_cfg(schedule="cosine")
+    spec = _spec(D, "x0", schedule="cosine")
     x0 = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (B, D, D, 3)), jnp.float32)
     off = lambda z, logsnr_b, labels_b: x0 + 0.05
-    _, aux = _loss(off, x0, 6, cfg, D, prediction="x0")
-    logsnr_b = np.asarray(schedules.get_logsnr_fn(cfg, D)(aux["t_b"]), np.float64)
+    _, aux = _loss(off, x0, 6, spec)
+    logsnr_b = np.asarray(spec.logsnr_fn()(aux["t_b"]), np.float64)
     sigma2 = 1.0 / (1.0 + np.exp(logsnr_b))
     # float32: v_hat = (alpha z - x0_hat) / sigma loses ~1e-7 of |z| against a 0.05 error.
     np.testing.assert_allclose(aux["loss_b"], 0.0025 / sigma2, rtol=1e-4)
@@ -296,9 +324,9 @@ def test_sigmoid_weighting_is_the_same_eps_loss_in_v_and_eps_space(multiscale):
     denoise = lambda z, logsnr_b, labels_b: 0.5 * z + 0.1 * noise_out  # Any v-predictor.
     results = {}
     for loss in ("v_mse", "eps_mse"):
-        cfg = _diffusion_cfg(loss=loss, loss_weighting="sigmoid", sigmoid_bias=-1.0,
-                             multiscale=multiscale, multiscale_min_size=4)
-        results[loss] = _loss(denoise, x0, 5, cfg, D)
+        spec = _spec(D, loss=loss, loss_weighting="sigmoid", sigmoid_bias=-1.0,
+                     multiscale=multiscale, multiscale_min_size=4)
+        results[loss] = _loss(denoise, x0, 5, spec)
     np.testing.assert_allclose(results["v_mse"][0], results["eps_mse"][0], rtol=1e-4)
     np.testing.assert_allclose(results["v_mse"][1]["loss_b"], results["eps_mse"][1]["loss_b"],
                                rtol=1e-4, atol=1e-7)
@@ -308,20 +336,18 @@ def test_sigmoid_weighting_is_the_same_eps_loss_in_v_and_eps_space(multiscale):
 
 
 def test_diffusion_loss_jits_and_differentiates():
-    cfg = _diffusion_cfg(multiscale=True, multiscale_min_size=4)
+    spec = _spec(D, multiscale=True, multiscale_min_size=4)
     x0, _, _ = _batch()
 
     def loss_of_scale(scale):
         denoise = lambda z, logsnr_b, labels_b: scale * z
         return losses.diffusion_loss(
-            denoise, x0, jnp.zeros(B, jnp.int32), jax.random.key(0), cfg, D, "v"
-        )[0]
+            denoise, x0, jnp.zeros(B, jnp.int32), jax.random.key(0), spec)[0]
 
     grad = jax.jit(jax.grad(loss_of_scale))(jnp.float32(0.3))
     assert np.isfinite(grad) and grad != 0.0
     with pytest.raises(UserError, match="diffusion.loss"):
-        losses.diffusion_loss(lambda z, lam, y: z, x0, jnp.zeros(B, jnp.int32),
-                              jax.random.key(0), _diffusion_cfg(loss="l1"), D, "v")
+        validate(_config(512, loss="l1"), "inspect")
 
 
 def _offset_denoiser(offset, prediction):
@@ -339,11 +365,11 @@ def _offset_denoiser(offset, prediction):
 @pytest.mark.parametrize("loss, prediction", [("eps_mse", "eps"), ("v_mse", "v")])
 def test_diffusion_loss_applies_the_sigmoid_weight_with_its_jacobian(loss, prediction):
     """loss_b = offset^2 * sigmoid(b - lambda) (-dlambda/dt) / Z, times alpha^2 in v-space."""
-    cfg = _diffusion_cfg(loss=loss, loss_weighting="sigmoid", sigmoid_bias=BIAS,
-                         schedule="shifted_cosine", noise_d=64, time_sampling="stratified")
+    spec = _spec(512, prediction, loss=loss, loss_weighting="sigmoid", sigmoid_bias=BIAS,
+                 schedule="shifted_cosine", noise_d=64, time_sampling="stratified")
     x0 = jnp.zeros((B, 32, 32, 3))
     offset = 0.3
-    _, aux = _loss(_offset_denoiser(offset, prediction), x0, 4, cfg, 512, prediction)
+    _, aux = _loss(_offset_denoiser(offset, prediction), x0, 4, spec)
     t_b = np.asarray(aux["t_b"], np.float64)
     ref = SCHEDULES["shifted"][1]
     want = offset**2 * _reference_weight(t_b, ref)
@@ -362,80 +388,25 @@ def test_sigmoid_weighted_loss_and_gradient_are_finite_at_t_0_and_1(monkeypatch,
                                                                      prediction):
     """The batch's times include exactly 0 and 1, where -dlambda/dt is largest."""
     monkeypatch.setattr(schedules, "sample_times", lambda rng, n, method: jnp.linspace(0, 1, n))
-    cfg = _diffusion_cfg(loss=loss, loss_weighting="sigmoid", sigmoid_bias=BIAS, multiscale=True,
-                         multiscale_min_size=4, schedule=schedule)
+    spec = _spec(512, prediction, loss=loss, loss_weighting="sigmoid", sigmoid_bias=BIAS,
+                 multiscale=True, multiscale_min_size=4, schedule=schedule)
     x0, _, _ = _batch()
 
     def loss_of_scale(scale):
         denoise = lambda z, logsnr_b, labels_b: scale * z
         return losses.diffusion_loss(
-            denoise, x0, jnp.zeros(B, jnp.int32), jax.random.key(0), cfg, 512, prediction
-        )[0]
+            denoise, x0, jnp.zeros(B, jnp.int32), jax.random.key(0), spec)[0]
 
     value, grad = jax.value_and_grad(loss_of_scale)(jnp.float32(0.3))  # Op by op: cheap here.
     assert np.isfinite(value) and np.isfinite(grad) and grad != 0.0
 
 
-def test_auto_loss_must_be_resolved_by_the_architecture():
-    x0, _, _ = _batch()
-    with pytest.raises(UserError, match="loss_name"):
-        _loss(lambda z, lam, y: z, x0, 0, _diffusion_cfg(loss="auto"), D)
-    assert "auto" in losses.LOSSES and losses.LOSSES["auto"] is None
-
-
-def _bucket_reference(logsnr, values, edges):
-    """NumPy float64 reference: bucket k holds edges[k] <= logSNR < edges[k + 1] (ends clamped)."""
-    index = np.clip(np.digitize(logsnr, edges[1:-1], right=False), 0, len(edges) - 2)
-    sums = np.array([np.sum(values[index == k], dtype=np.float64) for k in range(len(edges) - 1)])
-    return sums, np.bincount(index, minlength=len(edges) - 1)
-
-
-def test_logsnr_buckets_match_numpy_and_add_up_over_micro_batches():
-    edges = losses.logsnr_bucket_edges(_diffusion_cfg(schedule="cosine"), 64)
-    # Fixed by the schedule's ends, which are float32 evaluations of -2 log tan(.) at t = 1, 0:
-    # off by a few float32 ulps of 15 (ulp 9.5e-7), through tan's steep slope there.
-    np.testing.assert_allclose(edges, np.linspace(-15.0, 15.0, 9), rtol=0, atol=1e-4)
-    edges32 = edges.astype(np.float32).astype(np.float64)  # What the jitted code compares with.
-    rng = np.random.default_rng(4)
-    # Random logSNRs, every edge exactly, and values beyond both ends (clamped to the end buckets).
-    logsnr = np.concatenate([rng.uniform(-15, 15, 500), edges32, [-40.0, 40.0]]).astype(np.float32)
-    logsnr = rng.permutation(logsnr)
-    values = rng.uniform(0, 2, logsnr.size).astype(np.float32)
-    sums, counts = jax.jit(losses.logsnr_bucket_sums, static_argnums=2)(
-        logsnr, values, tuple(edges))
-    ref_sums, ref_counts = _bucket_reference(logsnr.astype(np.float64), values, edges32)
-    np.testing.assert_array_equal(counts, ref_counts)
-    # float32 sums of at most `logsnr.size` positive terms against a float64 sum.
-    np.testing.assert_allclose(sums, ref_sums, rtol=float32_sum_error(logsnr.size))
-    # In range, the buckets are np.histogram's bins (left-closed, the last one closed).
-    inside = np.abs(logsnr) <= 15
-    hist, _ = np.histogram(logsnr[inside], bins=edges32, weights=values[inside])
-    hist_counts, _ = np.histogram(logsnr[inside], bins=edges32)
-    in_sums, in_counts = losses.logsnr_bucket_sums(logsnr[inside], values[inside], edges)
-    np.testing.assert_array_equal(in_counts, hist_counts)
-    np.testing.assert_allclose(in_sums, hist, rtol=float32_sum_error(logsnr.size))
-    # Micro-batches: the sums and counts of the parts add up to the whole batch's.
-    parts = [losses.logsnr_bucket_sums(logsnr[i::4], values[i::4], edges) for i in range(4)]
-    np.testing.assert_array_equal(sum(p[1] for p in parts), counts)
-    np.testing.assert_allclose(sum(p[0] for p in parts), ref_sums,
-                               rtol=float32_sum_error(logsnr.size))
-
-
-def test_logsnr_bucket_metrics_means_and_empty_buckets():
-    edges = np.linspace(-4.0, 4.0, 5)
-    logsnr = np.array([-3.0, -2.5, 3.5], np.float32)  # Buckets 1 and 2 are empty.
-    sums, counts = losses.logsnr_bucket_sums(logsnr, np.array([1.0, 2.0, 5.0], np.float32), edges)
-    metrics = {k: float(v) for k, v in losses.logsnr_bucket_metrics(sums, counts, edges).items()}
-    names = losses.logsnr_bucket_names(edges)
-    assert names == ["0:[-4.0,-2.0)", "1:[-2.0,0.0)", "2:[0.0,2.0)", "3:[2.0,4.0)"]
-    assert [metrics[f"loss_logsnr/{n}"] for n in names] == [1.5, 0.0, 0.0, 5.0]
-    assert [metrics[f"count_logsnr/{n}"] for n in names] == [2.0, 0.0, 0.0, 1.0]
-
-
-def test_logsnr_bucket_edges_follow_the_shifted_schedule():
-    cfg = _diffusion_cfg(schedule="shifted_cosine", noise_d=64)
-    shift = 2 * np.log(64 / 512)
-    edges = losses.logsnr_bucket_edges(cfg, 512)
-    # float32 schedule values at t = 1 and 0 (tolerance as above): the clip values, shifted.
-    np.testing.assert_allclose(edges[[0, -1]], [-15 + shift, 15 + shift], rtol=0, atol=1e-4)
-    np.testing.assert_allclose(np.diff(edges), 30 / losses.LOGSNR_BUCKETS, rtol=0, atol=1e-4)
+def test_auto_loss_is_resolved_by_the_architecture_before_the_spec():
+    """'auto' is a config value, never a spec's: `specs` replaces it by the architecture's own
+    loss (the U-ViTs' v-MSE, the U-Net's eps-MSE), so the loss table has no 'auto' entry."""
+    assert "auto" not in losses.LOSSES
+    for arch, want in (("uvit", "v_mse"), ("unet", "eps_mse")):
+        config = _config(512, loss="auto")
+        config.model.arch = arch
+        validate(config, "inspect")
+        assert diffusion_spec(config).loss == want

@@ -5,6 +5,8 @@ E[x0|z] = mu + alpha s^2 (z - alpha mu) / den and E[eps|z] = sigma (z - alpha mu
 den = alpha^2 s^2 + sigma^2; v_hat = alpha E[eps|z] - sigma E[x0|z].
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,9 +14,11 @@ import pytest
 from utils import U32
 
 from configs.base import get_config
-from sd_jax.diffusion import losses, schedules
-from sd_jax.diffusion import samplers as sampling
+from sd_jax.diffusion import process, samplers, schedules
+from sd_jax.diffusion.spec import DiffusionSpec
 from sd_jax.errors import UserError
+from sd_jax.specs import sampling_spec
+from sd_jax.validate import validate
 
 MU, S = 0.25, 0.5
 N = 50_000  # Scalars per run: std error of the mean 0.0022, of the variance ~0.63% (relative).
@@ -38,14 +42,13 @@ def gaussian_denoiser(prediction, mus=(MU,), s=S):
 
 def _sample(denoise, *, sampler, num_steps, noise_param=0.2, prediction="v", n=N, seed=1,
             labels=None, **guidance):
-    kwargs = dict(guidance_scale=1.0, guidance_logsnr_min=-1e9, guidance_logsnr_max=1e9)
-    kwargs.update(guidance)
+    """`n` one-pixel samples on the clipped cosine schedule (logSNR in [-15, 15])."""
+    diffusion = DiffusionSpec(image_size=1, prediction=prediction, schedule="cosine")
+    spec = samplers.SamplingSpec(diffusion, image_channels=1, num_classes=NULL,
+                                 num_steps=num_steps, sampler=sampler, noise_param=noise_param,
+                                 clip_x0=False, **guidance)
     labels = jnp.zeros(n, jnp.int32) if labels is None else labels
-    run = lambda rng, labels: sampling.sample(
-        denoise, rng, labels, (n, 1, 1, 1), logsnr_fn=schedules.logsnr_cosine,
-        num_steps=num_steps, sampler=sampler, noise_param=noise_param, null_label=NULL,
-        prediction=prediction, clip_x0=False, **kwargs,
-    )
+    run = lambda rng, labels: samplers.sample(denoise, rng, labels, spec)
     return jax.jit(run)(jax.random.key(seed), labels)  # One program: faster than op by op.
 
 
@@ -110,7 +113,7 @@ def test_sampler_matches_exact_discrete_moments(sampler, noise_param):
 
 def _eps_of(denoise, prediction, z, logsnr_b, labels_b):
     out = denoise(z, logsnr_b, labels_b)
-    return losses.x0_eps_from_output(z, out, logsnr_b, prediction)[1]
+    return process.x0_eps_from_output(z, out, logsnr_b, prediction)[1]
 
 
 @pytest.mark.parametrize("prediction", ["v", "eps"])
@@ -122,10 +125,10 @@ def test_guidance_one_step_follows_formula(prediction):
     eps_cond = _eps_of(denoise, prediction, z, logsnr_b, labels_b)
     eps_uncond = _eps_of(denoise, prediction, z, logsnr_b, jnp.full((4,), NULL))
     w = 2.0  # guidance_scale = 1 + w = 3.
-    out = sampling.guided_output(denoise, z, logsnr_b, labels_b, guidance_scale=3.0,
+    out = samplers.guided_output(denoise, z, logsnr_b, labels_b, guidance_scale=3.0,
                                  guidance_logsnr_min=-1e9, guidance_logsnr_max=1e9,
                                  null_label=NULL)
-    eps_guided = losses.x0_eps_from_output(z, out, logsnr_b, prediction)[1]
+    eps_guided = process.x0_eps_from_output(z, out, logsnr_b, prediction)[1]
     np.testing.assert_allclose(eps_guided, (1 + w) * eps_cond - w * eps_uncond, atol=1e-5)
     assert not np.allclose(eps_guided, eps_cond, atol=1e-2)
     # Outside the interval the conditional output comes back unchanged. It is computed inside
@@ -134,7 +137,7 @@ def test_guidance_one_step_follows_formula(prediction):
     # (the guided output differs by ~0.1 to 1).
     cond = denoise(z, logsnr_b, labels_b)
     for lo, hi in ((1.0, 5.0), (-5.0, 0.0)):
-        out = sampling.guided_output(denoise, z, logsnr_b, labels_b, guidance_scale=3.0,
+        out = samplers.guided_output(denoise, z, logsnr_b, labels_b, guidance_scale=3.0,
                                      guidance_logsnr_min=lo, guidance_logsnr_max=hi,
                                      null_label=NULL)
         np.testing.assert_allclose(out, cond, rtol=0, atol=64 * U32 * float(jnp.abs(cond).max()))
@@ -178,27 +181,35 @@ def test_guidance_interval_end_to_end():
     assert float(guided.mean()) > float(plain.mean()) + 0.1
 
 
-def test_sampling_spec_from_config_validates_and_clips():
+def test_sampling_spec_from_config_clips():
     config = get_config()
     config.model.update(dict(image_size=8, num_classes=2, prediction="eps"))
     config.sample.update(dict(num_steps=4, guidance_scale=2.0))
     config.diffusion.schedule = "shifted_cosine"
-    spec = sampling.SamplingSpec.from_config(config)
+    spec = sampling_spec(config)
     labels = jnp.asarray([0, 1])
     far = lambda z, logsnr_b, labels_b: -3.0 * jnp.ones_like(z)  # eps far off: x0 blows up.
-    x = jax.jit(lambda rng: spec.sample(far, rng, labels))(jax.random.key(0))
+    x = jax.jit(lambda rng: samplers.sample(far, rng, labels, spec))(jax.random.key(0))
     assert x.shape == (2, 8, 8, 3) and x.dtype == jnp.float32
     assert float(jnp.abs(x).max()) <= 1.0
+
+
+def test_bad_sampling_settings_are_refused_by_validation():
+    config = get_config()
     config.model.num_classes = 0
+    config.sample.guidance_scale = 2.0
     with pytest.raises(UserError, match="guidance_scale"):
-        sampling.SamplingSpec.from_config(config)
+        validate(config, "sample")
     config.model.num_classes, config.sample.sampler = 2, "euler"
     with pytest.raises(UserError, match="sampler"):
-        sampling.SamplingSpec.from_config(config)
+        validate(config, "sample")
+    config.sample.sampler, config.sample.num_steps = "ddpm", 0
     with pytest.raises(UserError, match="num_steps"):
-        spec.replace(num_steps=0)
+        validate(config, "sample")
+    config.sample.num_steps = 4
+    config.diffusion.update(schedule="interpolated_cosine", noise_d_low=256, noise_d_high=32)
     with pytest.raises(UserError, match="swap them"):
-        spec.replace(schedule="interpolated_cosine", noise_d_low=256.0, noise_d_high=32.0)
+        validate(config, "sample")
 
 
 def test_sampling_spec_is_a_value():
@@ -206,9 +217,11 @@ def test_sampling_spec_is_a_value():
     program); any sampling, schedule or model field that changes the images changes the spec."""
     first, second = get_config(), get_config()
     second.train.batch_size = 7  # Not a sampling setting.
-    spec = sampling.SamplingSpec.from_config(first)
-    assert spec == sampling.SamplingSpec.from_config(second)
-    assert hash(spec) == hash(sampling.SamplingSpec.from_config(second))
-    for field, value in (("guidance_scale", 1.5), ("num_steps", 8), ("noise_d", 32.0),
-                         ("image_size", 256), ("prediction", "eps")):
+    spec = sampling_spec(first)
+    assert spec == sampling_spec(second)
+    assert hash(spec) == hash(sampling_spec(second))
+    for field, value in (("guidance_scale", 1.5), ("num_steps", 8)):
         assert spec.replace(**{field: value}) != spec, field
+    for field, value in (("noise_d", 32.0), ("image_size", 256), ("prediction", "eps")):
+        diffusion = dataclasses.replace(spec.diffusion, **{field: value})
+        assert spec.replace(diffusion=diffusion) != spec, field

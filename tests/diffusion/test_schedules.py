@@ -9,8 +9,12 @@ import pytest
 
 from configs.base import get_config
 from sd_jax.diffusion import schedules
-from sd_jax.diffusion.losses import average_pool, diffuse
+from sd_jax.diffusion.losses import average_pool
+from sd_jax.diffusion.process import diffuse
+from sd_jax.diffusion.spec import SCHEDULES
 from sd_jax.errors import UserError
+from sd_jax.specs import diffusion_spec
+from sd_jax.validate import validate
 
 T_GRID = np.linspace(0.0, 1.0, 1001)
 
@@ -76,10 +80,10 @@ def test_interpolated_follows_the_papers_listing_order():
     # The ends: the clip bounds +-15 shifted by 2 ln(256/512) at t = 0, 2 ln(32/512) at t = 1.
     np.testing.assert_allclose(want[[0, 2]], [15 + 2 * np.log(0.5), -15 + 2 * np.log(1 / 16)])
     assert abs(got[0] - 13.6) < 0.05 and abs(got[2] - (-20.55)) < 0.05
-    cfg = get_config().diffusion
-    cfg.update(dict(schedule="interpolated_cosine", noise_d_low=256, noise_d_high=32))
+    config = get_config()
+    config.diffusion.update(dict(schedule="interpolated_cosine", noise_d_low=256, noise_d_high=32))
     with pytest.raises(UserError, match="swap"):
-        schedules.get_logsnr_fn(cfg, 512)
+        validate(config, "inspect")
 
 
 @pytest.mark.parametrize("logsnr", [-100.0, -20.0, -3.0, 0.0, 2.5, 20.0, 100.0])
@@ -114,8 +118,10 @@ def test_finite_values_and_gradients_at_endpoints_under_jit_vmap(name):
     assert fn(jnp.zeros((2, 3))).shape == (2, 3)
 
 
-def test_get_logsnr_fn_picks_schedule_by_name():
-    cfg = get_config().diffusion
+def test_the_spec_picks_the_schedule_by_name_from_the_config():
+    config = get_config()
+    config.model.image_size = 256
+    cfg = config.diffusion
     t = jnp.linspace(0, 1, 7)
     expected = {
         "cosine": schedules.logsnr_cosine(t),
@@ -124,12 +130,13 @@ def test_get_logsnr_fn_picks_schedule_by_name():
             t, 256, cfg.noise_d_low, cfg.noise_d_high
         ),
     }
+    assert set(expected) == set(SCHEDULES)
     for name, want in expected.items():
         cfg.schedule = name
-        np.testing.assert_allclose(schedules.get_logsnr_fn(cfg, 256)(t), want, atol=1e-6)
+        np.testing.assert_allclose(diffusion_spec(config).logsnr_fn()(t), want, atol=1e-6)
     cfg.schedule = "linear"
     with pytest.raises(UserError, match="diffusion.schedule"):
-        schedules.get_logsnr_fn(cfg, 256)
+        validate(config, "inspect")
 
 
 def test_sample_times():
@@ -140,8 +147,10 @@ def test_sample_times():
     t = np.sort(np.asarray(schedules.sample_times(rng, 64, "stratified")))
     np.testing.assert_allclose(np.diff(t), 1 / 64, atol=1e-6)  # One shared offset.
     assert t.min() >= 0.0 and t.min() < 1 / 64 and t.max() < 1.0
+    config = get_config()
+    config.diffusion.time_sampling = "sobol"
     with pytest.raises(UserError, match="time_sampling"):
-        schedules.sample_times(rng, 4, "sobol")
+        validate(config, "inspect")
 
 
 def test_shift_gives_pooled_snr_of_base_schedule():

@@ -141,7 +141,7 @@ ref = np.load(W + "/straight.npz", allow_pickle=False)
 for k, v in flat(restored.params).items():
     np.testing.assert_array_equal(v, ref[k], err_msg=k)
 mesh8 = sharding.make_mesh(cfg.mesh)
-ema, step = checkpointing.restore_inference_params(W + "/straight", cfg, mesh8)
+ema, step = sample_restore.restore_inference_params(W + "/straight", cfg, mesh8)
 ref = np.load(W + "/straight_ema.npz", allow_pickle=False)
 assert step == 6
 for k, v in flat(ema).items():

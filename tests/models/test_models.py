@@ -17,7 +17,9 @@ from utils import float32_sum_error
 
 from configs.base import get_config
 from sd_jax.errors import UserError
-from sd_jax.models import ARCHITECTURES, ModelSpec, UViT, build_model, loss_name, transforms
+from sd_jax.models import ARCHITECTURES, UViT, build_model, transforms
+from sd_jax.specs import loss_name
+from sd_jax.validate import validate
 
 CONFIGS = ("imagenet64", "imagenet128", "imagenet256", "imagenet512", "imagenet1024")
 ARCHS = tuple(ARCHITECTURES)
@@ -157,8 +159,8 @@ def test_conv_input_transform_is_a_learned_patchify():
     model = build_model(cfg)
     spec = model.spec
     assert spec.transform_factor == 4
-    fixed = build_model(tiny_config("imagenet512", input_transform="dwt53_2").model).spec
-    assert spec.levels() == fixed.levels()
+    fixed = build_model(tiny_config("imagenet512", input_transform="dwt53_2").model)
+    assert model.levels(spec) == fixed.levels(fixed.spec)
     z, logsnr, labels = inputs(cfg)
     params = nn.unbox(jit(model.init)(key(0), z, logsnr, labels))["params"]
     width = max(cfg.base_channels * cfg.channel_multipliers[0], 4 * 4 * 3)  # Width floor.
@@ -237,7 +239,7 @@ def test_dropout_only_at_configured_resolutions(name, arch):
     z, logsnr, labels = inputs(cfg)
     params = param_shapes(model, z, logsnr, labels)
     rates = _dropout_rates(model, params, z, logsnr, labels)
-    res_of_level = {i: lv.resolution for i, lv in enumerate(spec.levels())}
+    res_of_level = {i: lv.resolution for i, lv in enumerate(model.levels(spec))}
     assert rates
     for path, rate in rates.items():
         top = path.split("/")[0]
@@ -306,19 +308,25 @@ def test_params_carry_logical_names(arch):
 @pytest.mark.parametrize("override", [dict(arch="vit"), dict(input_transform="dwt3"),
                                       dict(image_size=60), dict(num_heads=3)])
 def test_bad_model_config_raises_user_error(override):
+    validate(tiny_config(), "inspect")  # Valid without the override.
     with pytest.raises(UserError):
-        build_model(tiny_config(**override).model)
+        validate(tiny_config(**override), "inspect")
 
 
 def test_loss_defaults_follow_the_architecture():
     """diffusion.loss='auto' (the base default): the U-Net trains on eps-MSE from its v output,
     as in the paper; the U-ViTs on v-MSE. An explicit loss wins."""
-    diffusion = get_config().diffusion
-    assert diffusion.loss == "auto"
-    assert {arch: loss_name(diffusion, arch) for arch in ARCHS} == {
+    config = get_config()
+    assert config.diffusion.loss == "auto"
+
+    def loss_of(arch):
+        config.model.arch = arch
+        return loss_name(config)
+
+    assert {arch: loss_of(arch) for arch in ARCHS} == {
         "uvit": "v_mse", "residual_uvit": "v_mse", "unet": "eps_mse"}
-    diffusion.loss = "v_mse"
-    assert loss_name(diffusion, "unet") == "v_mse"
+    config.diffusion.loss = "v_mse"
+    assert loss_of("unet") == "v_mse"
 
 
 def test_registering_an_architecture_takes_one_table_entry(monkeypatch):
@@ -328,9 +336,10 @@ def test_registering_an_architecture_takes_one_table_entry(monkeypatch):
     monkeypatch.setitem(ARCHITECTURES, "wide_uvit", WideUViT)
     cfg = tiny_config("imagenet256", "wide_uvit")
     model = build_model(cfg.model)
-    assert type(model) is WideUViT and model.spec.has_transformer
-    assert loss_name(cfg.diffusion, "wide_uvit") == "eps_mse"
+    assert type(model) is WideUViT and model.has_transformer
+    assert loss_name(cfg) == "eps_mse"
     z, logsnr, labels = inputs(cfg.model)
     assert "transformer0" in param_shapes(model, z, logsnr, labels)
-    with pytest.raises(UserError, match="wide_uvit"):  # The error lists what is registered.
-        ModelSpec.from_config(tiny_config(arch="vit").model)
+    validate(cfg, "inspect")  # The registered name is a valid model.arch ...
+    with pytest.raises(UserError, match="wide_uvit"):  # ... and the error lists it.
+        validate(tiny_config(arch="vit"), "inspect")

@@ -18,8 +18,9 @@ import pytest
 
 from configs import quickstart
 from sd_jax.errors import UserError
-from sd_jax.models import ModelSpec, build_model, colour
-from sd_jax.models.spec import num_groups
+from sd_jax.models import ModelSpec, UViT, build_model, colour
+from sd_jax.models.layers import num_groups
+from sd_jax.validate import validate
 
 # XLA:CPU spends most of the time compiling; these tiny graphs do not need optimising.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -37,7 +38,7 @@ def model_config(transform: str, base: int, multipliers=(1, 2), image_size: int 
     ("dwt2", 8, 48), ("patch", 8, 48), ("dwt1", 8, 12), ("none", 8, 8), ("dwt2", 64, 64)])
 def test_first_level_width_floor(transform, base, first):
     spec = ModelSpec.from_config(model_config(transform, base))
-    levels = spec.levels()
+    levels = UViT.levels(spec)
     assert levels[0].channels == first
     assert spec.transformer_width == 2 * base  # Only the first level is floored.
 
@@ -101,6 +102,8 @@ def test_opponent_model_runs_and_needs_rgb():
     out = jax.eval_shape(model.init, jax.random.PRNGKey(0), z, jnp.zeros((2,)),
                          jnp.zeros((2,), jnp.int32))
     assert out["params"]["stem"]["kernel"].value.shape[2] == 48
-    cfg.image_channels = 1
+    config = quickstart.get_config()
+    config.model = cfg
+    config.model.image_channels = 1
     with pytest.raises(UserError, match="colour_transform='opponent' needs RGB"):
-        ModelSpec.from_config(cfg)
+        validate(config, "inspect")

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 from utils import FAST_COMPILE, check, run_python, tiny_config
 
-from sd_jax import models, sharding
-from sd_jax.checkpoints import checkpointer as checkpointing
+from sd_jax import models, sharding, specs
 from sd_jax.diffusion import samplers as sampling
-from sd_jax.sample import generate
-from sd_jax.train import state as train_state
+from sd_jax.models.init import init_params
+from sd_jax.sample import generate, restore
 
 GUIDANCE = {"sample.guidance_scale": 3.0, "sample.guidance_logsnr_min": -4.0,
             "sample.guidance_logsnr_max": 3.0}
@@ -30,13 +29,13 @@ def _params(config, mesh=None):
     output layers are zero, so every label would give the same output and guidance would change
     nothing)."""
     model = models.build_model(config.model)
-    params = nn.meta.unbox(train_state.init_variables(model, config, jax.random.key(0)))
+    params = nn.meta.unbox(init_params(model, config.model, jax.random.key(0)))
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
     leaves = [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
     params = jax.tree.unflatten(tree, leaves)
     if mesh is not None:
-        abstract = checkpointing.abstract_params(config, mesh)
+        abstract = restore.abstract_params(config, mesh)
         params = jax.tree.map(lambda x, a: jax.device_put(x, a.sharding), params, abstract)
     return model, params
 
@@ -61,7 +60,7 @@ def batched_vs_sequential() -> dict:
     batched vs `sequential_guided_output`, float32, one device."""
     config = tiny_config(**{"sample.num_steps": 8, **GUIDANCE})
     model, params = _params(config)
-    spec = sampling.SamplingSpec.from_config(config)
+    spec = specs.sampling_spec(config)
     labels = jnp.asarray([0, 3, 7, 9, 1, 2, 5, 8])
     guidance = dict(guidance_scale=3.0, guidance_logsnr_min=-4.0, guidance_logsnr_max=3.0,
                     null_label=config.model.num_classes)
@@ -80,14 +79,16 @@ def batched_vs_sequential() -> dict:
         batched, sequential, conditional = one_step(z, logsnr)
         steps[logsnr] = (_max_diff(batched, sequential), _max_diff(batched, conditional),
                          float(jnp.abs(sequential).max()))
-    draw = lambda: jax.jit(lambda rng: spec.sample(denoise, rng, labels))(jax.random.key(1))
+    def draw():  # A new function each time: traced afresh with the guidance in place.
+        return jax.jit(lambda rng: sampling.sample(denoise, rng, labels, spec))(jax.random.key(1))
+
     batched = draw()
     sampling.guided_output, original = sequential_guided_output, sampling.guided_output
     try:
         sequential = draw()
     finally:
         sampling.guided_output = original
-    grid = np.asarray(spec.logsnr_fn()(jnp.arange(1, 9) / 8))
+    grid = np.asarray(spec.diffusion.logsnr_fn()(jnp.arange(1, 9) / 8))
     return {"one_step": steps, "sampler": _max_diff(batched, sequential),
             "guided_steps": int(((grid >= -4.0) & (grid <= 3.0)).sum())}
 

@@ -32,6 +32,7 @@ from sd_jax import models, sharding
 from sd_jax.checkpoints import checkpointer as checkpointing
 from sd_jax.errors import UserError
 from sd_jax.sample import mode as sample_mode
+from sd_jax.sample import restore
 from sd_jax.sample import shards as sample_shards
 from sd_jax.train import state as train_state
 
@@ -245,7 +246,7 @@ def test_sampling_restores_only_the_params(workdir, monkeypatch):
     num_params = sum(x.size for x in jax.tree.leaves(full.params))
     assert sum(x.size for x in jax.tree.leaves(full)) > 3.9 * num_params  # What is saved.
     for use_ema, key in ((True, "ema_params"), (False, "params")):
-        params, step = checkpointing.restore_inference_params(workdir, config, mesh, use_ema)
+        params, step = restore.restore_inference_params(workdir, config, mesh, use_ema)
         assert step == 2 and list(targets[-1]) == [key]
         assert sum(x.size for x in jax.tree.leaves(targets[-1])) == num_params  # What is read.
         expected = getattr(full, key)
@@ -269,8 +270,8 @@ def test_params_only_restore_verifies_checksums(workdir, tmp_path):
         meta_file.write_text(json.dumps(meta))
         if wrong == "ema_params/":
             with pytest.raises(UserError, match=f"every checkpoint is damaged.*{name}.*checksum"):
-                checkpointing.restore_inference_params(copy, config, mesh)
-            params, _ = checkpointing.restore_inference_params(copy, config, mesh, use_ema=False)
+                restore.restore_inference_params(copy, config, mesh)
+            params, _ = restore.restore_inference_params(copy, config, mesh, use_ema=False)
         else:
-            params, _ = checkpointing.restore_inference_params(copy, config, mesh)
+            params, _ = restore.restore_inference_params(copy, config, mesh)
         assert jax.tree.leaves(params)

@@ -146,9 +146,9 @@ def test_benchmark_sweep_profile_cache_and_fields(tmp_path):
         (2, 1), (4, 1), (4, 2)]  # (2, micro 2) is the same point as (2, no micro-batch).
     assert rows[2]["microbatch_size"] == 2 * 2 and rows[1]["microbatch_size"] == 0
 
-    from sd_jax.tools import inspect as inspect_model
+    from sd_jax.models import init, summary
 
-    forward = inspect_model.forward_flops(config.model, inspect_model.param_shapes(config.model))
+    forward = summary.forward_flops(config.model, init.param_shapes(config.model))
     for r in rows:
         assert set(r) == FIELDS, set(r) ^ FIELDS
         assert r["forward_flops_per_image"] == forward

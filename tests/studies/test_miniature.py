@@ -14,14 +14,14 @@ from utils import REPO, child_env
 
 from experiments.miniature import miniature
 from scripts import sweep_lib
-from sd_jax.diffusion import schedules
+from sd_jax.specs import diffusion_spec
 
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def _logsnr(config_file: str, overrides: dict, t: np.ndarray) -> np.ndarray:
     config = sweep_lib.load_config(config_file, sweep_lib.override_flags(overrides))
-    return np.asarray(schedules.get_logsnr_fn(config.diffusion, config.model.image_size)(t))
+    return np.asarray(diffusion_spec(config).logsnr_fn()(t))
 
 
 def test_schedule_arms_are_the_16px_schedule_unshifted_and_shifted():

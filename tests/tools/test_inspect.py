@@ -13,7 +13,8 @@ import numpy as np
 from model_utils import inputs, jit, key, tiny_config
 from utils import run_python
 
-from sd_jax.models import build_model
+from sd_jax.models import build_model, init
+from sd_jax.models import summary as model_summary
 from sd_jax.tools import inspect as inspect_model
 
 
@@ -33,7 +34,7 @@ def test_inspect_params_match_real_init(capsys):
     assert summary["flops_per_image"] > 0
     assert "transformer*" in out and "total" in out
     # The per-module roll-up of clu's counts, against the real arrays' sizes.
-    rows = inspect_model.module_rows(inspect_model.param_shapes(config.model))
+    rows = model_summary.module_rows(init.param_shapes(config.model))
     real = {}
     for name, sub in params.items():
         group = "transformer*" if name.startswith("transformer") else name
@@ -46,9 +47,9 @@ def test_inspect_params_match_real_init(capsys):
 def test_flops_scale_with_batch_and_depth():
     cfg1 = tiny_config("imagenet512", "uvit", transformer_depth=1).model
     cfg3 = tiny_config("imagenet512", "uvit", transformer_depth=3).model
-    p1, p3 = inspect_model.param_shapes(cfg1), inspect_model.param_shapes(cfg3)
-    f1, f3 = inspect_model.forward_flops(cfg1, p1), inspect_model.forward_flops(cfg3, p3)
-    assert np.isclose(inspect_model.forward_flops(cfg1, p1, batch=4), 4 * f1, rtol=1e-3)
+    p1, p3 = init.param_shapes(cfg1), init.param_shapes(cfg3)
+    f1, f3 = model_summary.forward_flops(cfg1, p1), model_summary.forward_flops(cfg3, p3)
+    assert np.isclose(model_summary.forward_flops(cfg1, p1, batch=4), 4 * f1, rtol=1e-3)
     # Two extra blocks of width D on L tokens: matmuls 2 * L * 12 D^2, attention 4 * L^2 * D.
     width, tokens = cfg1.base_channels * cfg1.channel_multipliers[-1], 2 * 2
     per_block = 2 * tokens * 12 * width**2 + 4 * tokens**2 * width

@@ -61,11 +61,11 @@ def norm_bytes(config) -> int:
     import jax
 
     from sd_jax import models
+    from sd_jax.models.init import init_params
     from sd_jax.models.layers import NORM_AXIS
-    from sd_jax.train import state as train_state
 
     model = models.build_model(config.model)
-    boxed = jax.eval_shape(lambda: train_state.init_variables(model, config, jax.random.key(0)))
+    boxed = jax.eval_shape(lambda: init_params(model, config.model, jax.random.key(0)))
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     return sum(4 * x.value.size for x in leaves
                if isinstance(x, nn.LogicallyPartitioned) and NORM_AXIS in x.names)

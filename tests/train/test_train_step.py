@@ -16,6 +16,7 @@ import pytest
 from utils import run_python, tiny_config
 
 from sd_jax import models
+from sd_jax.models.init import init_params
 from sd_jax.train import state as train_state
 from sd_jax.train import step as train_step
 
@@ -31,7 +32,7 @@ ACCUMULATION_RTOL = 1e-5
 
 def random_params(model: nn.Module, cfg, seed: int = 5):
     """Init params plus noise, so that no layer is zero and every weight gets a gradient."""
-    params = nn.meta.unbox(train_state.init_variables(model, cfg, jax.random.PRNGKey(0)))
+    params = nn.meta.unbox(init_params(model, cfg.model, jax.random.PRNGKey(0)))
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     return tree.unflatten([x + 0.05 * jax.random.normal(k, x.shape)
@@ -142,6 +143,7 @@ import jax, numpy as np
 from test_train_step import ACCUMULATION_RTOL, max_relative_difference, random_batch, random_params
 from utils import tiny_config
 from sd_jax import models, sharding
+from sd_jax.models.init import init_params
 from sd_jax.train import state as train_state
 from sd_jax.train import step as train_step
 
@@ -201,6 +203,7 @@ import jax, jax.numpy as jnp
 from utils import tiny_config
 from benchmarks import xla_stats
 from sd_jax import models, sharding
+from sd_jax.models.init import init_params
 from sd_jax.train import state as train_state
 from sd_jax.train import step as train_step
 

@@ -17,7 +17,9 @@ from sd_jax import sharding
 from sd_jax.checkpoints import checkpointer as checkpointing
 from sd_jax.checkpoints import integrity as checkpoint_integrity
 from sd_jax.errors import UserError
+from sd_jax.sample import restore
 from sd_jax.train import logger as metrics_io
+from sd_jax.train import metrics
 from sd_jax.train import state as train_state
 from sd_jax.train import step as train_step
 
@@ -109,8 +111,8 @@ def test_metrics_logger_records_and_resume_truncation(tmp_path, capsys):
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]  # Step 6 was logged after the checkpoint.
     with pytest.raises(UserError, match="at step 7"):
-        metrics_io.check_finite(7, float("nan"))
-    metrics_io.check_finite(7, 0.3)
+        metrics.check_finite(7, float("nan"))
+    metrics.check_finite(7, 0.3)
 
 
 def test_tensorboard_gets_scalars_bucket_names_and_sample_grids(tmp_path):
@@ -187,16 +189,16 @@ def test_checkpoints_keep_last_k_and_ignore_interrupted_saves(tmp_path):
 def test_restore_inference_params_without_checkpoint(tmp_path):
     mesh = sharding.make_mesh(tiny_config().mesh)
     with pytest.raises(UserError, match="checkpoint"):
-        checkpointing.restore_inference_params(tmp_path, tiny_config(), mesh)
+        restore.restore_inference_params(tmp_path, tiny_config(), mesh)
 
 
 def test_train_step_trains_each_architecture_on_its_default_loss(monkeypatch):
     """diffusion.loss='auto' reaches diffusion_loss resolved by the architecture's table entry."""
     seen = []
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["loss"])
-        return real(*args, **kwargs)
+    def spy(*args):
+        seen.append(args[-1].loss)  # The DiffusionSpec the loss gets.
+        return real(*args)
 
     real = train_step.losses.diffusion_loss_given_noise
     monkeypatch.setattr(train_step.losses, "diffusion_loss_given_noise", spy)
