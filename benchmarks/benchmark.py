@@ -3,7 +3,7 @@
     python benchmarks/benchmark.py --config=configs/quickstart.py --per_device_batch=64 --steps=10
     python benchmarks/benchmark.py --config=configs/imagenet512.py \\
         --config.model.remat=transformer --per_device_batch=8,16,32 --per_device_microbatch=0,8 \\
-        --profile=/tmp/trace --compilation_cache=/tmp/jax_cache        # README: Benchmark
+        --profile=/tmp/trace --compilation_cache=/tmp/jax_cache        # docs/performance.md
 
 For every (per-device batch, per-device micro-batch) point of the sweep it compiles the train
 step, times it, and prints a summary and one JSON line with every figure:

@@ -2,13 +2,13 @@
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/plan_check.py \\
         --config=configs/imagenet512.py --config.model.image_size=128 ... \\
-        --per_device_batch=2,4 --fsdp=1,8                                   # README: Plan
+        --per_device_batch=2,4 --fsdp=1,8                                   # docs/training.md
 
 For each point it lowers and compiles (never runs) the real train step on abstract inputs over
 all local devices and prints one markdown row: the plan's per-device bytes, the compiled step's
 (arguments + outputs - donated + temporaries, from `compiled.memory_analysis()`) and their ratio.
 On CPU only `model.remat=none` is comparable: XLA:CPU's scheduler runs the recomputation of a
-rematerialised block early, so remat saves no memory there (README: Plan).
+rematerialised block early, so remat saves no memory there (docs/training.md, plan mode).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Unconditional by default (any folder works); with one subfolder per class, add
 The recipe is the paper's at 128 (shifted cosine with noise_d 32, v-prediction, no multiscale
 loss) on a model scaled down 60x: the 5/3 wavelet takes 128x128x3 to 64x64x12, two conv levels
 (64 and 128 channels at 64 and 32) and 8 transformer blocks of width 512 at 16x16 (256 tokens).
-Parameters, FLOPs, memory and the throughput they imply: README, "Train on your own images".
+Parameters, FLOPs, memory and the throughput they imply: docs/training.md, "Train on your own images".
 """
 
 import ml_collections

@@ -60,7 +60,8 @@ def index_reachable() -> bool:
 
 @pytest.mark.slow
 def test_requirements_keep_a_newer_accelerator_jax(tmp_path):
-    # README: `pip install -U "jax[tpu]" && pip install -r requirements.txt` (or jax[cuda12]).
+    # docs/getting_started.md: `pip install -U "jax[tpu]" && pip install -r requirements.txt`
+    # (or jax[cuda12]).
     # A fresh venv where the first command left a jax newer than any release; pip resolves the
     # second against the index (--dry-run: nothing installed) and must not touch jax.
     venv = tmp_path / "venv"

@@ -1,4 +1,4 @@
-"""A mid-size U-ViT for CPU measurements of FSDP on 8 fake devices (README: Benchmark).
+"""A mid-size U-ViT for CPU measurements of FSDP on 8 fake devices (docs/performance.md).
 
 About 29M parameters in bfloat16 compute, sharded 8 ways: big enough that the weight all-gathers
 are a real part of a step, small enough that a step takes seconds on a 2-core CPU:

@@ -29,7 +29,7 @@ whose arms the paper separates by the least), the first seed for the others.
 Budget (default, 64 px): 12 runs of 1,250 steps x batch 32 plus 3 x 100 samples x 32 sampler
 steps each, sized from the measured idle 64 px rate (~225 training images/s, ~2.2 min per run
 at 500 steps) to about 50 minutes on 2 idle cores;
-README.md, "Miniature ablations", gives the measured wall time and the load it ran under.
+docs/results.md, "Miniature ablations", gives the measured wall time and the load it ran under.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from sd_jax.errors import UserError  # noqa: E402
 from sd_jax.io import images  # noqa: E402
 
 RECIPE = "recipe"
-# The full reproduction: within 60 minutes on 2 idle cores (README, "Miniature ablations").
+# The full reproduction: within 60 minutes on 2 idle cores (docs/results.md).
 DEFAULTS = {64: {"steps": 1250, "seeds": "0,1"}, 128: {"steps": 1250, "seeds": "0"}}
 
 

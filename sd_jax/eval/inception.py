@@ -45,7 +45,7 @@ WEIGHTS_HELP = (
     "pt_inception-2015-12-05-6726825d.pth) and convert it on a machine with torch: "
     "`python -m sd_jax.eval.convert_inception --pth=pt_inception-2015-12-05-6726825d.pth "
     "--out=inception_fid.npz`, then pass --config.eval.inception_weights=inception_fid.npz "
-    "(see README.md, 'Sampling and evaluation')"
+    "(see docs/sampling.md)"
 )
 
 

@@ -34,7 +34,7 @@ REF_BATCH_HELP = (
     "Download the ADM reference batch for your dataset (e.g. VIRTUAL_imagenet512.npz, "
     "VIRTUAL_imagenet256_labeled.npz) from https://github.com/openai/guided-diffusion/tree/main/"
     "evaluations and pass --config.eval.reference_npz=PATH "
-    "(see README.md, 'Sampling and evaluation')"
+    "(see docs/sampling.md)"
 )
 
 

@@ -25,9 +25,10 @@ class UViT(UNet):
     default_loss: ClassVar[str] = "v_mse"  # Paper: the U-ViT trains on v-MSE.
 
     # dtype of the transformer's residual stream (the branches run in the compute dtype). float32,
-    # measured by experiments/precision/precision.py (README "Precision"): in bfloat16 each of the
-    # 2 x depth additions rounds the stream to 8 bits (output error vs the float32 model 1.6e-2
-    # instead of 1.1e-2 at depth 36) for 0.6% fewer bytes accessed and no less saved memory.
+    # measured by experiments/precision/ (docs/performance.md, "Precision"): in bfloat16 each of
+    # the 2 x depth additions rounds the stream to 8 bits (output error vs the float32 model
+    # 1.6e-2 instead of 1.1e-2 at depth 36) for 0.6% fewer bytes accessed and no less saved
+    # memory.
     residual_dtype: ClassVar[str] = "float32"
 
     def middle(self, h: jnp.ndarray, emb: jnp.ndarray, train: bool) -> jnp.ndarray:

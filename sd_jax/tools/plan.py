@@ -10,9 +10,9 @@ Nothing is allocated and nothing is compiled. Activations are the residuals of t
 the leaves of the `jax.vjp` closure of the training loss, traced by `jax.make_jaxpr` at two batch
 sizes (the difference is the per-example part), so the remat policy is honoured. XLA fuses some
 of them away: on CPU the compiled step took 88 to 90% of the planned bytes without remat
-(README: Plan), so the estimate errs on the safe side. With remat, the backward pass also
-recomputes one block at a time; the largest such block (its residuals without remat, plus its
-weights) is added.
+(docs/training.md, plan mode), so the estimate errs on the safe side. With remat, the backward
+pass also recomputes one block at a time; the largest such block (its residuals without remat,
+plus its weights) is added.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from utils import TWO_STEP_RUN, config_args, run_launch, tiny_config
+from utils import REPO, TWO_STEP_RUN, config_args, run_launch, tiny_config
 
 from sd_jax.errors import UserError
 from sd_jax.eval import digits_eval, digits_net, fid
@@ -75,14 +75,32 @@ def test_bad_classifier_file_is_a_clear_error(tmp_path):
         digits_net.load_weights(tmp_path / "other.npz")
 
 
-def test_eval_mode_on_digit_samples_end_to_end(classifier, tmp_path):
-    tiny = config_args(tiny_config(**TWO_STEP_RUN))
-    proc = run_launch([*tiny, f"--workdir={tmp_path}"])
+def quickstart_commands() -> list[list[str]]:
+    """launch.py's arguments in the README's quickstart command and in the sample and eval
+    commands that docs/getting_started.md runs after it, as written there."""
+    quickstart = "python launch.py --config=configs/quickstart.py --workdir=/tmp/sd_quickstart"
+    readme = (REPO / "README.md").read_text()
+    guide = (REPO / "docs" / "getting_started.md").read_text()
+    train = next(line for line in readme.splitlines() if line.endswith(quickstart))
+    after = [line.strip() for line in guide.splitlines() if line.startswith(quickstart + " ")]
+    commands = [train[train.index(quickstart):], *after]
+    assert [c.split("--mode=")[-1] if "--mode=" in c else "train" for c in commands] == [
+        "train", "sample", "eval"], commands
+    return [c.split()[2:] for c in commands]
+
+
+def test_the_documented_quickstart_trains_samples_and_evaluates(classifier, tmp_path):
+    """The README's quickstart command, then sample and eval mode as docs/getting_started.md
+    runs them, as written there (a tiny model for 2 steps, in a temporary workdir)."""
+    tiny = config_args(tiny_config(**TWO_STEP_RUN))[1:]  # The overrides; the config is the docs'.
+    train, sample, evaluate = ([a.replace("/tmp/sd_quickstart", str(tmp_path)) for a in c] + tiny
+                               for c in quickstart_commands())
+    proc = run_launch(train)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_launch([*tiny, f"--workdir={tmp_path}", "--mode=sample"])
+    proc = run_launch(sample)
     assert proc.returncode == 0, proc.stderr[-3000:]
     npz = Path(proc.stdout.strip().splitlines()[-1])
-    proc = run_launch([*tiny, f"--workdir={tmp_path}", "--mode=eval"])  # No Inception weights.
+    proc = run_launch(evaluate)  # No Inception weights.
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith(f"eval {npz.name} (8 images): fd_digits=") and "class_accuracy=" in last

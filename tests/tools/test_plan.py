@@ -122,7 +122,7 @@ def test_launch_plan_mode_prints_json_and_refuses_without_memory():
 def test_plan_within_20_percent_of_compiled_memory():
     """The ImageNet 512 recipe's structure (5/3 wavelet level 2, conv levels, transformer,
     multiscale loss, dropout), shrunk, in float32 without remat: the two things XLA:CPU compiles
-    as an accelerator would (README: Plan)."""
+    as an accelerator would (docs/training.md, plan mode)."""
     code = """
         import json
         from configs import imagenet512
