@@ -3,7 +3,7 @@
     python benchmarks/guidance_benchmark.py --config=configs/quickstart.py --batch=32 \
         --num_steps=32 --repeats=5
 
-Times the whole sampler (one jitted `SamplingSpec.sample` call of `--num_steps` steps on
+Times the whole sampler (one jitted `samplers.sample` call of `--num_steps` steps on
 `--batch` images, guidance scale `--guidance_scale`) for three ways of guiding, with the interval
 set to cover all, half or a quarter of the steps (a middle range of the noise levels, as SiD2):
 
@@ -39,6 +39,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from sd_jax import models, specs  # noqa: E402
 from sd_jax.diffusion import samplers  # noqa: E402
+from sd_jax.diffusion.spec import SamplingSpec  # noqa: E402
 from sd_jax.models.init import init_params  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).", lock_config=True)
@@ -81,7 +82,7 @@ VARIANTS = {"sequential": sequential, "batched_cond": samplers.guided_output,
             "batched_always": batched_always}
 
 
-def middle_interval(spec: samplers.SamplingSpec, fraction: float) -> tuple[float, float]:
+def middle_interval(spec: SamplingSpec, fraction: float) -> tuple[float, float]:
     """logSNR bounds that hold the middle `fraction` of the sampler's noise levels."""
     if fraction >= 1.0:
         return -1e9, 1e9
@@ -92,7 +93,7 @@ def middle_interval(spec: samplers.SamplingSpec, fraction: float) -> tuple[float
     return float(grid[first]), float(grid[first + count - 1])
 
 
-def compile_variant(name: str, spec: samplers.SamplingSpec, model: nn.Module, params, labels):
+def compile_variant(name: str, spec: SamplingSpec, model: nn.Module, params, labels):
     """The sampler compiled with `VARIANTS[name]` as the guidance: a function of the rng."""
     original, samplers.guided_output = samplers.guided_output, VARIANTS[name]
     try:  # A new function object: traced afresh with this guidance.

@@ -111,7 +111,8 @@ def get_config() -> ml_collections.ConfigDict:
     s = c.sample
     s.num_samples = 50_000  # FID-50k.
     s.num_steps = 512  # Sampler steps (choice; the step count behind the paper's FIDs is not checked here).
-    s.sampler = "ddpm"  # 'ddpm' (ancestral) | 'ddim'.
+    s.sampler = "ddpm"  # sd_jax.diffusion.samplers.SAMPLERS: 'ddpm' (ancestral; paper) | 'ddim' | 'dpmpp_2m' | 'dpmpp_2m_sde' | 'heun' (2 network evaluations per step) (docs/sampling.md).
+    s.grid = "uniform_t"  # Where the steps fall: 'uniform_t' (t = i / num_steps of the schedule; paper) | 'uniform_logsnr' | 'edm' (Karras rho = 7).
     s.noise_param = 0.2  # DDPM log-variance interpolation (paper: 0.2).
     s.guidance_scale = 1.0  # Reported scale 1 + w; 1.0 means no guidance.
     s.guidance_logsnr_min = -1e9  # Guidance only where logSNR >= this (SiD2 interval); -1e9: everywhere.

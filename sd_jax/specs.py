@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from sd_jax.diffusion.samplers import SamplingSpec
-from sd_jax.diffusion.spec import DiffusionSpec
+from sd_jax.diffusion.spec import DiffusionSpec, SamplingSpec
 from sd_jax.models.registry import ARCHITECTURES
 from sd_jax.models.spec import ModelSpec
 
@@ -50,6 +49,7 @@ def sampling_spec(config: ml_collections.ConfigDict) -> SamplingSpec:
     return SamplingSpec(
         diffusion=diffusion_spec(config), image_channels=int(m.image_channels),
         num_classes=int(m.num_classes), num_steps=int(s.num_steps), sampler=str(s.sampler),
+        grid=str(s.grid),
         noise_param=float(s.noise_param), guidance_scale=float(s.guidance_scale),
         guidance_logsnr_min=float(s.guidance_logsnr_min),
         guidance_logsnr_max=float(s.guidance_logsnr_max),

@@ -53,6 +53,7 @@ def _choices() -> dict[str, tuple[Any, ...]]:
         "diffusion.loss": ("auto", *losses.LOSSES),  # 'auto': the architecture's default_loss.
         "diffusion.loss_weighting": tuple(losses.LOSS_WEIGHTINGS),
         "sample.sampler": tuple(samplers.SAMPLERS),
+        "sample.grid": tuple(samplers.GRIDS),
         "data.source": tuple(SOURCES),
         "eval.inception_preprocess": inception.PREPROCESS_MODES,
         "eval.fid_method": fid.FID_METHODS,

@@ -1,71 +1,33 @@
-"""Samplers: DDPM ancestral (log-variance interpolation) and DDIM, with classifier-free guidance.
+"""Sampling: classifier-free guidance, the time grid, and the table of solvers.
 
 `sample(denoise_fn, rng, labels_b, spec)` takes the denoiser as a function
 `denoise_fn(z_bhwc, logsnr_b, labels_b) -> output`, so it works for any model and for sharded
-batches: it is traceable (one `lax.fori_loop` over a fixed number of steps, no host ops).
-`SamplingSpec` is the hashable set of settings, the diffusion process included. Jit it with the
-params as an argument, e.g. `jax.jit(lambda p, rng, y: sample(lambda z, l, c: apply(p, z, l, c),
-rng, y, spec))`, rather than closing over concrete params (which would bake them into the program
-as constants); `sd_jax.sample.generate.Sampler` does that for a model on a mesh.
+batches: it is traceable (one `lax.fori_loop` over a fixed number of steps, no host ops). Jit it
+with the params as an argument, e.g. `jax.jit(lambda p, rng, y: sample(lambda z, l, c:
+apply(p, z, l, c), rng, y, spec))`, rather than closing over concrete params (which would bake
+them into the program as constants); `sd_jax.sample.generate.Sampler` does that for a model on a
+mesh.
 
-`SAMPLERS` maps a sampler's name to its function `(predict, z, logsnr_at, rng, spec) -> x0`:
-`predict(z, logsnr_b)` is the guided, clipped `(x0_hat, eps_hat)`, `z` the initial noise and
-`logsnr_at(i)` the noise level of grid point `t = i / num_steps` (one per example). A new sampler
-is one such function and one entry.
-
-Time grid: `t_i = i / num_steps`, from t = 1 (noise) down to t = 0; each of the `num_steps`
-steps of DDPM and DDIM calls the denoiser once (with guidance, once on a doubled batch inside the
-guidance interval) and the last one returns its x0 prediction.
+`SAMPLERS` maps `sample.sampler` to a solver of `solvers.py` and its network evaluations per step
+(NFE: `nfe(spec)`); `GRIDS` maps `sample.grid` to where the `num_steps` noise levels fall. Every
+grid spans the schedule's range [logSNR(t=1), logSNR(t=0)] in `num_steps` intervals, from the
+noisiest end, and the solver evaluates the denoiser at its first `num_steps` points: the last
+point (the clean end) is where the final x0 prediction lands.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from sd_jax.diffusion import process, schedules
+from sd_jax.diffusion import process, schedules, solvers
 from sd_jax.diffusion.process import DenoiseFn
-from sd_jax.diffusion.spec import DiffusionSpec
-
-Predict = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-LogSnrAt = Callable[[jax.Array | int], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingSpec:
-    """Everything `sample` needs: the diffusion process, the image shape, the sampler settings.
-
-    Frozen and hashable, so a compiled sampler is keyed by its value (`sd_jax.sample.generate`):
-    two configs with the same settings share one program, and any change makes another.
-    `sd_jax.specs.sampling_spec(config)` builds it from a validated config.
-    """
-
-    diffusion: DiffusionSpec  # Schedule and prediction the model was trained with.
-    image_channels: int
-    num_classes: int  # 0: unconditional; also the null label used by guidance.
-    num_steps: int = 128
-    sampler: str = "ddpm"  # A key of SAMPLERS.
-    noise_param: float = 0.2  # DDPM: log-variance interpolation (paper: 0.2).
-    guidance_scale: float = 1.0  # 1 + w; 1.0: no guidance.
-    guidance_logsnr_min: float = -1e9  # Guidance only inside [min, max] of logSNR (SiD2).
-    guidance_logsnr_max: float = 1e9
-    clip_x0: bool = True  # Clip every x0 prediction to [-1, 1].
-
-    def __post_init__(self):
-        assert self.sampler in SAMPLERS and self.num_steps >= 1, self  # validate() names the fix.
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """One image: (H, W, C)."""
-        size = self.diffusion.image_size
-        return size, size, self.image_channels
-
-    def replace(self, **changes: object) -> SamplingSpec:
-        """A copy with some fields changed (e.g. `guidance_scale=1.5`)."""
-        return dataclasses.replace(self, **changes)
+from sd_jax.diffusion.solvers import Predict
+from sd_jax.diffusion.spec import SamplingSpec
 
 
 def guided_output(
@@ -94,8 +56,9 @@ def guided_output(
     devices is doubled in place, with no data moved between devices. Outside the interval a
     `lax.cond` runs the conditional pass alone on B rows (no work for an output nobody uses).
     """
+    dtype = z_bhwc.dtype  # float32 (float64 in the exactness tests), whatever the model's.
     if guidance_scale == 1.0:
-        return denoise_fn(z_bhwc, logsnr_b, labels_b).astype(jnp.float32)
+        return denoise_fn(z_bhwc, logsnr_b, labels_b).astype(dtype)
     w = guidance_scale - 1.0
     logsnr = logsnr_b.reshape(-1)[0]
     in_interval = (logsnr >= guidance_logsnr_min) & (logsnr <= guidance_logsnr_max)
@@ -106,12 +69,12 @@ def guided_output(
     def guided() -> jax.Array:
         null_b = jnp.full_like(labels_b, null_label)
         out = denoise_fn(pairs(z_bhwc, z_bhwc), pairs(logsnr_b, logsnr_b),
-                         pairs(labels_b, null_b)).astype(jnp.float32)
+                         pairs(labels_b, null_b)).astype(dtype)
         out = out.reshape(-1, 2, *out.shape[1:])
         return (1.0 + w) * out[:, 0] - w * out[:, 1]
 
     def conditional() -> jax.Array:
-        return denoise_fn(z_bhwc, logsnr_b, labels_b).astype(jnp.float32)
+        return denoise_fn(z_bhwc, logsnr_b, labels_b).astype(dtype)
 
     return jax.lax.cond(in_interval, guided, conditional)
 
@@ -134,73 +97,76 @@ def predictor(denoise_fn: DenoiseFn, labels_b: jax.Array, spec: SamplingSpec) ->
     return predict
 
 
-def ddpm_log_variance(logsnr_t: jax.Array, logsnr_s: jax.Array, noise_param: float) -> jax.Array:
-    """log of `upper^noise_param * lower^(1 - noise_param)` for the step t -> s (s < t).
-
-    upper = sigma_{t|s}^2 = (1 - r) sigma_t^2 (forward transition variance, 'beta'),
-    lower = sigma_{s|t}^2 = (1 - r) sigma_s^2 (posterior variance), r = exp(logsnr_t - logsnr_s).
-    """
-    log_one_minus_r = jnp.log(-jnp.expm1(logsnr_t - logsnr_s))
-    log_sigma2_t = jax.nn.log_sigmoid(-logsnr_t)
-    log_sigma2_s = jax.nn.log_sigmoid(-logsnr_s)
-    return log_one_minus_r + noise_param * log_sigma2_t + (1.0 - noise_param) * log_sigma2_s
+def _uniform_t(spec: SamplingSpec) -> Callable[[jax.Array | int], jax.Array]:
+    """Point i at t = i / n of the configured schedule (the paper's grid)."""
+    logsnr_fn = spec.diffusion.logsnr_fn()
+    return lambda i: logsnr_fn(i / spec.num_steps)
 
 
-def ddpm_update(z, x0, eps, logsnr_t, logsnr_s, noise_key, spec):
-    """Ancestral step t -> s: the posterior mean of q(z_s | z_t, x0) plus noise of variance
-    `exp(noise_param log upper + (1 - noise_param) log lower)` (iDDPM / VDM convention)."""
-    del eps
-    alpha_t, _ = schedules.alpha_sigma(logsnr_t)
-    alpha_s, _ = schedules.alpha_sigma(logsnr_s)
-    r = jnp.exp(logsnr_t - logsnr_s)  # Mean: r alpha_s / alpha_t z_t + (1 - r) alpha_s x0.
-    mean = r * (alpha_s / alpha_t) * z + (1.0 - r) * alpha_s * x0
-    std = jnp.exp(0.5 * ddpm_log_variance(logsnr_t, logsnr_s, spec.noise_param))
-    return mean + std * jax.random.normal(noise_key, z.shape, z.dtype)
+def _uniform_logsnr(spec: SamplingSpec) -> Callable[[jax.Array | int], jax.Array]:
+    """Equal steps in logSNR (DPM-Solver's 'logSNR' grid)."""
+    low, high = spec.diffusion.logsnr_range()
+    return lambda i: low + (high - low) * (spec.num_steps - i) / spec.num_steps
 
 
-def ddim_update(z, x0, eps, logsnr_t, logsnr_s, noise_key, spec):
-    """Deterministic step t -> s: `z_s = alpha_s x0 + sigma_s eps`."""
-    del z, logsnr_t, noise_key, spec
-    alpha_s, sigma_s = schedules.alpha_sigma(logsnr_s)
-    return alpha_s * x0 + sigma_s * eps
+EDM_RHO = 7.0  # Karras et al. 2022's grid exponent.
 
 
-def first_order(update: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
-    """A sampler that calls the denoiser once per step and moves z with `update(z, x0, eps,
-    logsnr_t, logsnr_s, noise_key, spec) -> z_s`; the last step returns its x0 prediction."""
-    def run(predict: Predict, z: jax.Array, logsnr_at: LogSnrAt, rng: jax.Array,
-            spec: SamplingSpec) -> jax.Array:
-        n = spec.num_steps
+def _edm(spec: SamplingSpec) -> Callable[[jax.Array | int], jax.Array]:
+    """EDM's grid (rho = 7) in sigma' = sigma / alpha = exp(-logSNR / 2): steps small near the
+    clean end, where detail forms."""
+    low, high = spec.diffusion.logsnr_range()
+    root_max, root_min = math.exp(-low / 2) ** (1 / EDM_RHO), math.exp(-high / 2) ** (1 / EDM_RHO)
 
-        def step(j, z):  # j = 0 .. n - 2 goes from t = (n - j) / n to s = (n - j - 1) / n.
-            i = n - j
-            x0, eps = predict(z, logsnr_at(i))
-            return update(z, x0, eps, logsnr_at(i)[0], logsnr_at(i - 1)[0],
-                          jax.random.fold_in(rng, j), spec)
+    def logsnr_at(i):
+        u = (spec.num_steps - i) / spec.num_steps
+        return -2.0 * EDM_RHO * jnp.log(root_max + u * (root_min - root_max))
 
-        z = jax.lax.fori_loop(0, n - 1, step, z)
-        return predict(z, logsnr_at(1))[0]
-
-    return run
+    return logsnr_at
 
 
-# `sample.sampler` name -> (predict, z, logsnr_at, rng, spec) -> x0 (module docstring).
-SAMPLERS: dict[str, Callable[..., jax.Array]] = {
-    "ddpm": first_order(ddpm_update),  # Paper's sampler, noise_param 0.2.
-    "ddim": first_order(ddim_update),
+# `sample.grid` name -> spec -> (grid point i -> logSNR); point num_steps is the noisiest.
+GRIDS: dict[str, Callable[[SamplingSpec], Callable[[jax.Array | int], jax.Array]]] = {
+    "uniform_t": _uniform_t,
+    "uniform_logsnr": _uniform_logsnr,
+    "edm": _edm,
 }
+
+
+class SamplerEntry(NamedTuple):
+    """A solver and the network evaluations each of its steps costs."""
+
+    solve: solvers.Solver
+    evaluations_per_step: int
+
+
+# `sample.sampler` name -> its solver (solvers.py) and network evaluations per step.
+SAMPLERS: dict[str, SamplerEntry] = {
+    "ddpm": SamplerEntry(solvers.first_order(solvers.ddpm_update), 1),  # Paper, noise_param 0.2.
+    "ddim": SamplerEntry(solvers.first_order(solvers.ddim_update), 1),
+    "dpmpp_2m": SamplerEntry(solvers.dpmpp_2m(), 1),
+    "dpmpp_2m_sde": SamplerEntry(solvers.dpmpp_2m_sde(), 1),
+    "heun": SamplerEntry(solvers.heun(), 2),
+}
+
+
+def nfe(spec: SamplingSpec) -> int:
+    """Network evaluations per image (a guided pass counts once, whatever its batch): the
+    solver's evaluations per step over `num_steps - 1` steps, plus the final x0 prediction."""
+    return SAMPLERS[spec.sampler].evaluations_per_step * (spec.num_steps - 1) + 1
 
 
 def sample(denoise_fn: DenoiseFn, rng: jax.Array, labels_b: jax.Array, spec: SamplingSpec
            ) -> jax.Array:
-    """One image per label with `spec`: float32 [B, H, W, C] x0 (in [-1, 1] if `clip_x0`)."""
-    batch_size = labels_b.shape[0]
-    logsnr_fn = spec.diffusion.logsnr_fn()
+    """One image per label with `spec`: float32 [B, H, W, C] x0 (in [-1, 1] if `clip_x0`); in
+    float64 where JAX's default float is (under `jax.enable_x64`, for the exactness tests)."""
+    batch_size, dtype = labels_b.shape[0], jnp.result_type(float)
+    grid = GRIDS[spec.grid](spec)
     rng_init, rng_steps = jax.random.split(rng)
 
-    def logsnr_at(i):  # Noise level at grid point t = i / num_steps, one per example.
-        return jnp.full((batch_size,), logsnr_fn(i / spec.num_steps), jnp.float32)
+    def logsnr_at(i):  # Noise level at grid point i, one per example.
+        return jnp.full((batch_size,), grid(i), dtype)
 
-    z = jax.random.normal(rng_init, (batch_size, *spec.shape), jnp.float32)
+    z = jax.random.normal(rng_init, (batch_size, *spec.shape), dtype)
     predict = predictor(denoise_fn, labels_b, spec)
-    return SAMPLERS[spec.sampler](predict, z, logsnr_at, rng_steps, spec)
+    return SAMPLERS[spec.sampler].solve(predict, z, logsnr_at, rng_steps, spec)

@@ -1,4 +1,5 @@
-"""`DiffusionSpec`: the diffusion process a model is trained and sampled with, as one typed value.
+"""`DiffusionSpec` and `SamplingSpec`: the diffusion process a model is trained with, and how it is
+sampled, as typed values.
 
 Frozen and hashable, so the compiled train step and sampler are keyed by its value. It holds names
 (keys of `SCHEDULES` here and of the tables in `schedules`, `process` and `losses`) and numbers,
@@ -56,6 +57,38 @@ class DiffusionSpec:
             low, high = self.logsnr_fn()(jnp.asarray([1.0, 0.0], jnp.float32))
         return float(low), float(high)
 
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSpec:
+    """Everything `samplers.sample` needs: the diffusion process, the image shape, the sampler.
+
+    Frozen and hashable, so a compiled sampler is keyed by its value (`sd_jax.sample.generate`):
+    two configs with the same settings share one program, and any change makes another.
+    `sd_jax.specs.sampling_spec(config)` builds it from a validated config.
+    """
+
+    diffusion: DiffusionSpec  # Schedule and prediction the model was trained with.
+    image_channels: int
+    num_classes: int  # 0: unconditional; also the null label used by guidance.
+    num_steps: int = 128  # Steps of the sampler (network evaluations: samplers.nfe).
+    sampler: str = "ddpm"  # A key of samplers.SAMPLERS.
+    grid: str = "uniform_t"  # A key of samplers.GRIDS: where the steps fall in logSNR.
+    noise_param: float = 0.2  # DDPM: log-variance interpolation (paper: 0.2).
+    guidance_scale: float = 1.0  # 1 + w; 1.0: no guidance.
+    guidance_logsnr_min: float = -1e9  # Guidance only inside [min, max] of logSNR (SiD2).
+    guidance_logsnr_max: float = 1e9
+    clip_x0: bool = True  # Clip every x0 prediction to [-1, 1].
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One image: (H, W, C)."""
+        size = self.diffusion.image_size
+        return size, size, self.image_channels
+
+    def replace(self, **changes: object) -> SamplingSpec:
+        """A copy with some fields changed (e.g. `guidance_scale=1.5`)."""
+        return dataclasses.replace(self, **changes)
 
 def _cosine(spec: DiffusionSpec) -> LogSnrFn:
     return functools.partial(schedules.logsnr_cosine, logsnr_min=spec.logsnr_min,

@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 
 from sd_jax import models, sharding, specs
 from sd_jax.diffusion import samplers
+from sd_jax.diffusion.spec import SamplingSpec
 from sd_jax.models.layers import cast_params
 
 
@@ -38,7 +39,7 @@ def _cast(params: Any, dtype: jnp.dtype) -> Any:
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "model_spec", "mesh"))
-def _program(params: Any, rng: jax.Array, labels_b: jax.Array, *, spec: samplers.SamplingSpec,
+def _program(params: Any, rng: jax.Array, labels_b: jax.Array, *, spec: SamplingSpec,
              model_spec: models.ModelSpec, mesh: Mesh) -> jax.Array:
     # Gathered once, before the sampler loop: its body then has no collectives at all (the
     # batch rows are independent), where FSDP-sharded weights would be gathered at every step.
@@ -59,7 +60,7 @@ class Sampler:
     """Draws images from params of the model `model_spec` with `spec`, the batch split over
     `mesh` (params may have any sharding on it, e.g. FSDP)."""
 
-    spec: samplers.SamplingSpec
+    spec: SamplingSpec
     model_spec: models.ModelSpec
     mesh: Mesh
 

@@ -15,7 +15,7 @@ from utils import U32
 
 from configs.base import get_config
 from sd_jax.diffusion import process, samplers, schedules
-from sd_jax.diffusion.spec import DiffusionSpec
+from sd_jax.diffusion.spec import DiffusionSpec, SamplingSpec
 from sd_jax.errors import UserError
 from sd_jax.specs import sampling_spec
 from sd_jax.validate import validate
@@ -44,7 +44,7 @@ def _sample(denoise, *, sampler, num_steps, noise_param=0.2, prediction="v", n=N
             labels=None, **guidance):
     """`n` one-pixel samples on the clipped cosine schedule (logSNR in [-15, 15])."""
     diffusion = DiffusionSpec(image_size=1, prediction=prediction, schedule="cosine")
-    spec = samplers.SamplingSpec(diffusion, image_channels=1, num_classes=NULL,
+    spec = SamplingSpec(diffusion, image_channels=1, num_classes=NULL,
                                  num_steps=num_steps, sampler=sampler, noise_param=noise_param,
                                  clip_x0=False, **guidance)
     labels = jnp.zeros(n, jnp.int32) if labels is None else labels
