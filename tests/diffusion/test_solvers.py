@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_samplers import MU, NULL, S, _sample, gaussian_denoiser
-from utils import run_python
+from utils import U32, run_python
 
 from sd_jax.diffusion import samplers, schedules, solvers
 from sd_jax.diffusion.spec import DiffusionSpec, SamplingSpec
@@ -65,28 +65,40 @@ def _orders(solve, **spec_fields):
     return np.log2(np.asarray(errors[:-1]) / np.asarray(errors[1:])), errors
 
 
-@pytest.mark.parametrize("sampler, order", [("ddim", 1), ("dpmpp_2m", 2), ("heun", 2)])
-def test_each_solver_converges_at_its_order(sampler, order):
-    orders, errors = _orders(samplers.SAMPLERS[sampler].solve, sampler=sampler)
-    assert errors[-1] < errors[0] / 2**order, errors
-    # The last halvings are in the asymptotic range: within 0.3 of the order.
-    np.testing.assert_allclose(orders[-2:], order, atol=0.3, err_msg=str((orders, errors)))
+ORDERS = {"ddim": 1, "dpmpp_2m": 2, "heun": 2}
 
 
 @pytest.mark.parametrize("grid", ["uniform_logsnr", "edm"])
-def test_second_order_holds_on_every_grid(grid):
-    orders, errors = _orders(samplers.SAMPLERS["dpmpp_2m"].solve, sampler="dpmpp_2m", grid=grid)
-    np.testing.assert_allclose(orders[-2:], 2, atol=0.3, err_msg=str((orders, errors)))
+@pytest.mark.parametrize("sampler", sorted(ORDERS))
+def test_each_solver_converges_at_its_order(sampler, grid):
+    """On grids whose steps shrink evenly in logSNR the last two halvings of the step (n = 64 ->
+    128 -> 256) are in the asymptotic range: each observed order within 0.25 of the solver's."""
+    orders, errors = _orders(samplers.SAMPLERS[sampler].solve, sampler=sampler, grid=grid)
+    np.testing.assert_allclose(orders[-2:], ORDERS[sampler], atol=0.25,
+                               err_msg=str((orders, errors)))
+
+
+@pytest.mark.parametrize("sampler", sorted(ORDERS))
+def test_the_papers_time_grid_converges_too(sampler):
+    """On the default grid (uniform in t of the clipped cosine) the first steps cross large
+    logSNR intervals near the clip, so the asymptotic range starts later: the second-order
+    solvers' observed order is 1.7 (DPM-Solver++, rising) and 2.5 (Heun, falling) at n = 128 ->
+    256, DDIM's 0.98 (measured); each is still far from the other class."""
+    orders, errors = _orders(samplers.SAMPLERS[sampler].solve, sampler=sampler)
+    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
+    low, high = (0.8, 1.2) if ORDERS[sampler] == 1 else (1.5, 3.0)
+    assert low < orders[-1] < high, (orders, errors)
 
 
 @pytest.mark.parametrize("name, solver", [("dpmpp_2m", solvers.dpmpp_2m(second_order=False)),
                                           ("heun", solvers.heun(second_order=False))])
 def test_without_its_correction_a_solver_falls_to_first_order(name, solver):
-    """The test above would catch a lost correction: the same solver without it is first order
-    (and then no better than DDIM)."""
-    orders, errors = _orders(solver, sampler=name)
-    np.testing.assert_allclose(orders[-2:], 1, atol=0.3, err_msg=str((orders, errors)))
-    assert _error(samplers.SAMPLERS[name].solve, _spec(name)) < errors[0] / 4
+    """The tests above catch a lost correction: without it the solver is first order (it is
+    DDIM then) and ~100x less accurate at 256 steps."""
+    orders, errors = _orders(solver, sampler=name, grid="uniform_logsnr")
+    np.testing.assert_allclose(orders[-2:], 1, atol=0.25, err_msg=str((orders, errors)))
+    full = _error(samplers.SAMPLERS[name].solve, _spec(name, "uniform_logsnr", STEPS[-1]))
+    assert full < errors[-1] / 20, (full, errors)
 
 
 def test_nfe_per_sampler():
@@ -115,7 +127,7 @@ def test_new_samplers_reproduce_gaussian_data(sampler):
 
 
 DEVICES = """
-import jax, jax.numpy as jnp, numpy as np, sys
+import dataclasses, jax, jax.numpy as jnp, numpy as np, sys
 sys.path[:0] = ["tests", "tests/diffusion"]
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from test_samplers import gaussian_denoiser
@@ -126,22 +138,34 @@ assert jax.device_count() == 8
 labels = jnp.arange(64) % 2
 rows = NamedSharding(Mesh(np.asarray(jax.devices()), ("batch",)), P("batch"))
 for name in ("ddim", "dpmpp_2m", "heun", "dpmpp_2m_sde"):
-    spec = _spec(name, num_steps=16).replace(clip_x0=True)
-    run = lambda y: samplers.sample(gaussian_denoiser("v", mus=(0.3, -0.2)), jax.random.key(3),
-                                    y, spec)
-    one = np.asarray(jax.jit(run)(labels))  # On one device.
-    again = np.asarray(jax.jit(run)(labels))
-    split = np.asarray(jax.jit(run, in_shardings=rows, out_shardings=rows)(
-        jax.device_put(labels, rows)))
-    print(name, np.array_equal(one, again), np.array_equal(one, split), float(one.std()))
+    for size in (1, 16):
+        spec = _spec(name, num_steps=16).replace(clip_x0=True)
+        spec = spec.replace(diffusion=dataclasses.replace(spec.diffusion, image_size=size))
+        run = lambda y: samplers.sample(gaussian_denoiser("v", mus=(0.3, -0.2)),
+                                        jax.random.key(3), y, spec)
+        one = np.asarray(jax.jit(run)(labels))  # On one device.
+        again = np.asarray(jax.jit(run)(labels))
+        eight = jax.jit(run, in_shardings=rows, out_shardings=rows)
+        split = np.asarray(eight(jax.device_put(labels, rows)))
+        split_again = np.asarray(eight(jax.device_put(labels, rows)))
+        print(name, size, np.array_equal(one, again), np.array_equal(split, split_again),
+              float(np.abs(one - split).max()), float(one.std()))
 """
 
 
-def test_deterministic_samplers_are_bitwise_reproducible_on_1_and_8_devices():
+def test_samplers_are_bitwise_reproducible_and_agree_across_device_counts():
+    """Same seed, same samples, bit for bit, run to run, on one device and on 8 (each holding 8
+    of the 64 examples). Between the two device counts the samples agree within float32
+    rounding, not bit for bit: XLA:CPU compiles the per-example arithmetic of the two programs
+    separately for their array shapes (its fusions, and the fused multiply-adds inside them,
+    differ), so single operations round differently. Bound: 64 units of float32 rounding (U32)
+    per step on [-1, 1]; measured 1.8e-7 after 16 steps (a few U32)."""
     proc = run_python(DEVICES, num_devices=8)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.strip().splitlines()}
-    for name in ("ddim", "dpmpp_2m", "heun"):
-        assert rows[name][:2] == ["True", "True"], (name, rows[name])
-        assert float(rows[name][2]) > 0.1  # Real samples, not a constant.
-    assert rows["dpmpp_2m_sde"][0] == "True"  # Same seed, same noise: reproducible too.
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in proc.stdout.strip().splitlines()}
+    for name in ("ddim", "dpmpp_2m", "heun", "dpmpp_2m_sde"):
+        for size in ("1", "16"):
+            again, split_again, diff, std = rows[name, size]
+            assert again == split_again == "True", (name, size, rows[name, size])
+            assert float(std) > 0.1, (name, size, rows[name, size])  # Samples, not a constant.
+            assert float(diff) <= 16 * 64 * U32, (name, size, rows[name, size])
