@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,6 +35,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from benchmarks.timing import median_seconds  # noqa: E402
 from sd_jax import models, specs  # noqa: E402
 from sd_jax.diffusion import samplers  # noqa: E402
 from sd_jax.diffusion.spec import SamplingSpec  # noqa: E402
@@ -103,18 +102,6 @@ def compile_variant(name: str, spec: SamplingSpec, model: nn.Module, params, lab
     finally:
         samplers.guided_output = original
     return lambda rng: run(params, rng, labels).block_until_ready()
-
-
-def median_seconds(runs: dict[str, object], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each run; the runs take turns, so a change in the machine's
-    load during the measurement falls on all of them alike."""
-    times = {key: [] for key in runs}
-    for i in range(repeats):
-        for key, run in runs.items():
-            start = time.perf_counter()
-            run(jax.random.key(i))
-            times[key].append(time.perf_counter() - start)
-    return {key: statistics.median(t) for key, t in times.items()}
 
 
 def main(argv: list[str]) -> None:

@@ -156,6 +156,11 @@ def nfe(spec: SamplingSpec) -> int:
     return SAMPLERS[spec.sampler].evaluations_per_step * (spec.num_steps - 1) + 1
 
 
+def steps_for_nfe(sampler: str, budget: int) -> int:
+    """The most steps of `sampler` whose NFE (`nfe`) is at most `budget` (at least 2)."""
+    return max(2, (budget - 1) // SAMPLERS[sampler].evaluations_per_step + 1)
+
+
 def sample(denoise_fn: DenoiseFn, rng: jax.Array, labels_b: jax.Array, spec: SamplingSpec
            ) -> jax.Array:
     """One image per label with `spec`: float32 [B, H, W, C] x0 (in [-1, 1] if `clip_x0`); in

@@ -138,26 +138,47 @@ def iterate_padded(images: np.ndarray, batch_size: int) -> Iterable[tuple[np.nda
         yield batch, valid
 
 
+class StatsAccumulator:
+    """Inception statistics of images added batch by batch: `add(images)` any number of times,
+    `result()` whenever (a streamed FID of the images so far, e.g. of a sampling job's shards as
+    they complete). The last batch of each `add` is padded and masked, never dropped."""
+
+    def __init__(self, extract_fn: ExtractFn, batch_size: int, with_spatial: bool = True):
+        self.extract_fn, self.batch_size, self.with_spatial = extract_fn, batch_size, with_spatial
+        self.pool, self.spatial, self.logits = RunningStats(), RunningStats(), []
+
+    @property
+    def count(self) -> int:
+        return self.pool.count
+
+    def add(self, images: np.ndarray) -> None:
+        """Runs `extract_fn` (uint8 [B,H,W,3] -> {'pool','logits','spatial'}) over `images`."""
+        for batch, valid in iterate_padded(images, self.batch_size):
+            out = self.extract_fn(batch)
+            self.pool.update(out["pool"][:valid])
+            if self.with_spatial and "spatial" in out:
+                self.spatial.update(out["spatial"][:valid])
+            if "logits" in out:
+                self.logits.append(np.asarray(out["logits"][:valid], np.float32))
+
+    def result(self) -> ImageStats:
+        """The statistics of every image added so far."""
+        mu, sigma = self.pool.finalize()
+        mu_s, sigma_s = self.spatial.finalize() if self.spatial.count else (None, None)
+        return ImageStats(mu, sigma, mu_s, sigma_s,
+                          np.concatenate(self.logits) if self.logits else None, self.pool.count)
+
+
 def compute_image_stats(images: np.ndarray | Iterable[np.ndarray], extract_fn: ExtractFn,
                         batch_size: int, with_spatial: bool = True) -> ImageStats:
     """Runs `extract_fn` (uint8 [B,H,W,3] -> {'pool','logits','spatial'}) over all images.
 
     `images` is one array or an iterable of arrays (e.g. generated batches); every image counts.
     """
-    chunks = [images] if isinstance(images, np.ndarray) else images
-    pool, spatial, logits = RunningStats(), RunningStats(), []
-    for chunk in chunks:
-        for batch, valid in iterate_padded(chunk, batch_size):
-            out = extract_fn(batch)
-            pool.update(out["pool"][:valid])
-            if with_spatial and "spatial" in out:
-                spatial.update(out["spatial"][:valid])
-            if "logits" in out:
-                logits.append(np.asarray(out["logits"][:valid], np.float32))
-    mu, sigma = pool.finalize()
-    mu_s, sigma_s = spatial.finalize() if spatial.count else (None, None)
-    return ImageStats(mu, sigma, mu_s, sigma_s,
-                      np.concatenate(logits) if logits else None, pool.count)
+    stats = StatsAccumulator(extract_fn, batch_size, with_spatial)
+    for chunk in [images] if isinstance(images, np.ndarray) else images:
+        stats.add(chunk)
+    return stats.result()
 
 
 def metrics(samples: ImageStats, reference: dict[str, np.ndarray], num_splits: int = 10,

@@ -1,5 +1,8 @@
 """`--mode=sample`: many samples from the newest checkpoint into an ADM-format .npz.
 
+Before sampling it prints the job's cost (`cost.py`: network evaluations, FLOPs and, on a chip
+whose peak is known, hours).
+
     python launch.py --config=configs/imagenet512.py --workdir=DIR --mode=sample \
         --config.sample.num_samples=50000 --config.sample.guidance_scale=1.1
 
@@ -35,7 +38,7 @@ from sd_jax import sharding, specs
 from sd_jax.checkpoints import integrity
 from sd_jax.errors import UserError
 from sd_jax.io import images, npz, paths
-from sd_jax.sample import restore, shards
+from sd_jax.sample import cost, restore, shards
 from sd_jax.sample.generate import Sampler
 
 SAMPLE_MODE_RNG = 3  # fold_in tag (trainer: 1 = train noise, 2 = periodic sample grids).
@@ -205,6 +208,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> epath.Path:
     """`--mode=sample`: restores, samples (continuing a killed run), writes; prints the .npz path
     as the last line."""
     params, mesh, step = load_for_sampling(config, workdir)
+    if jax.process_index() == 0:  # Before any sampling: what the job will cost.
+        print(cost.job_cost(config, jax.device_count(), jax.devices()[0].device_kind).line(),
+              flush=True)
     path = write_samples(params, config, mesh, step, workdir)
     if jax.process_index() == 0:
         print(path, flush=True)

@@ -1,0 +1,1 @@
+"""Sample quality against network evaluations per sampler (README.md)."""
