@@ -29,6 +29,7 @@ from sd_jax.errors import UserError  # noqa: E402
 from sd_jax.eval import mode as evaluate  # noqa: E402
 from sd_jax.io import paths  # noqa: E402
 from sd_jax.sample import mode as sample_mode  # noqa: E402
+from sd_jax.validate import validate  # noqa: E402
 
 COLUMNS = ("guidance_scale", "fid", "sfid", "inception_score", "num_samples", "samples")
 
@@ -46,7 +47,9 @@ def parse_scales(text: str) -> list[float]:
 
 def sweep(config, workdir: str, scales: list[float]) -> list[dict]:
     """Samples and evaluates each guidance scale; returns one row per scale."""
-    evaluate.check_reference(config.eval.reference_npz)  # Fail before sampling for hours.
+    for scale in scales:  # Every setting checked before sampling for hours.
+        validate(sample_mode.with_overrides(config, guidance_scale=scale), "sample")
+    evaluate.check_reference(config.eval.reference_npz)
     extract_fn, batch_size = evaluate.build_extractor(config.eval)
     params, mesh, step = sample_mode.load_for_sampling(config, workdir)
     reference = evaluate.reference_stats(config.eval.reference_npz, extract_fn, batch_size,
