@@ -29,8 +29,8 @@ def workdir(tmp_path):
 def test_an_old_checkpoint_samples_what_the_old_code_sampled(workdir):
     proc = run_launch([*ARGS, f"--workdir={workdir}", "--mode=sample"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    samples = np.load(proc.stdout.strip().splitlines()[-1])["arr_0"]
-    expected = np.load(FIXTURE / "expected_samples.npz")["arr_0"]
+    samples = np.load(proc.stdout.strip().splitlines()[-1], allow_pickle=False)["arr_0"]
+    expected = np.load(FIXTURE / "expected_samples.npz", allow_pickle=False)["arr_0"]
     assert samples.shape == expected.shape == (8, 8, 8, 3)
     diff = np.abs(samples.astype(np.int16) - expected.astype(np.int16))
     assert diff.max() <= 1 and np.mean(diff > 0) <= 0.01, (diff.max(), np.mean(diff > 0))
