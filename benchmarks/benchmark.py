@@ -168,15 +168,18 @@ class Bench:
             def call() -> Any:
                 return sampler.generate(params, rng, labels)
 
+            point = {"batch": batch, "guidance_scale": guidance, "timed_steps": timed_steps,
+                     "steps": full_steps}
             start = time.perf_counter()
-            call()  # Compile.
-            compile_s = time.perf_counter() - start
-            loop_s = statistics.median(time_calls(call, 3))
-            self.samplers[key] = {
-                "batch": batch, "guidance_scale": guidance, "timed_steps": timed_steps,
-                "steps": full_steps, "compile_s": round(compile_s, 2), "loop_s": loop_s,
-                "images_per_s": batch * timed_steps / (loop_s * full_steps),
-            }
+            try:
+                call()  # Compile.
+                compile_s = time.perf_counter() - start
+                loop_s = statistics.median(time_calls(call, 3))
+            except jax.errors.JaxRuntimeError as e:  # E.g. out of memory: keep the train figures.
+                self.samplers[key] = {**point, "error": str(e).strip().splitlines()[0][:300]}
+                return self.samplers[key]
+            self.samplers[key] = {**point, "compile_s": round(compile_s, 2), "loop_s": loop_s,
+                                  "images_per_s": batch * timed_steps / (loop_s * full_steps)}
         return self.samplers[key]
 
 
@@ -280,9 +283,10 @@ def _percent(x: float | None, why: str) -> str:
 def summary(r: dict[str, Any]) -> str:
     """Human-readable lines for one point."""
     hardware = r["hardware_flops_per_step_per_device"]
-    sampled = [f"{s['images_per_s']:.3f} images/s at batch {s['batch']}, guidance "
-               f"{s['guidance_scale']:g} ({s['timed_steps']}-step loop in {s['loop_s']:.3f} s, "
-               f"scaled to {s['steps']} steps)" for s in r["sampling"]] or ["skipped"]
+    sampled = [f"batch {s['batch']}, guidance {s['guidance_scale']:g}: " + (
+        f"{s['images_per_s']:.3f} images/s ({s['timed_steps']}-step loop in {s['loop_s']:.3f} s, "
+        f"scaled to {s['steps']} steps)" if "error" not in s else f"failed: {s['error']}")
+        for s in r["sampling"]] or ["skipped"]
     return "\n".join([
         f"device:           {r['device']}, load average {r['load_average']}",
         f"model:            {r['num_params']:,} params, {r['dtype']}, remat {r['remat']}, "
