@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import datetime
 import json
 import os
@@ -94,7 +95,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peak_flops", type=float, default=None,
                         help="peak FLOP/s per device (default: benchmark.py's table)")
     parser.add_argument("--compilation_cache", default=None, help="JAX persistent cache folder")
+    parser.add_argument("--scale", action="append", default=[], metavar="FIELD=NUMBER",
+                        help="override a number of the run's size (accelerator_scale.Scale), "
+                        "e.g. --scale=precision_steps=100; repeatable")
     return parser.parse_args(argv)
+
+
+def run_scale(args: argparse.Namespace) -> Scale:
+    """GPU or TINY with the `--scale` overrides."""
+    scale = TINY if args.tiny else GPU
+    numbers = {f.name: f.type for f in dataclasses.fields(Scale) if f.type in ("int", "float")}
+    changes = {}
+    for item in args.scale:
+        key, _, value = item.partition("=")
+        if key not in numbers:
+            raise SystemExit(f"--scale={item}: not a number of Scale ({', '.join(numbers)})")
+        changes[key] = int(value) if numbers[key] == "int" else float(value)
+    return dataclasses.replace(scale, **changes)
 
 
 def config_with(name: str, overrides: dict[str, Any]) -> Any:
@@ -262,7 +279,7 @@ def quickstart_section(kids: Children, scale: Scale) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    scale = TINY if args.tiny else GPU
+    scale = run_scale(args)
     budget = args.budget_s or scale.budget_s
     out = Path(args.out)
     if out.exists():

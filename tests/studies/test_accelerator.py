@@ -166,3 +166,12 @@ def check_precision(p):
     again = accelerator_report.agreement(curves, p["window"])
     assert (p["bf16_vs_f32"], p["seed_vs_seed"], p["agree"]) == (
         again["bf16_vs_f32"], again["seed_vs_seed"], again["agree"])
+
+
+def test_scale_overrides():
+    args = accelerator.parse_args(["--out=x", "--tiny", "--scale=precision_steps=100",
+                                   "--scale=cpu_memory_gb=0.5"])
+    scale = accelerator.run_scale(args)
+    assert (scale.precision_steps, scale.cpu_memory_gb, scale.steps) == (100, 0.5, TINY.steps)
+    with pytest.raises(SystemExit, match="not a number of Scale"):
+        accelerator.run_scale(accelerator.parse_args(["--out=x", "--scale=tiny=1"]))
