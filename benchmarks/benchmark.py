@@ -17,7 +17,10 @@ step, times it, and prints a summary and one JSON line with every figure:
   XLA's memory analysis of the step and `--mode=plan`'s estimate for the same layout, peak
   memory, and the bytes of each collective per step from the optimised HLO (`xla_stats`).
 - Sampling images/s, measured: the real sampler (`generate.Sampler`, guidance included) compiled
-  with `--sample_timed_steps` steps and timed, then scaled to `sample.num_steps` steps.
+  with `--sample_timed_steps` steps and timed, then scaled to `sample.num_steps` steps, at
+  `--sample_batch` rows and each `--sample_guidance` scale.
+- With `--profile=DIR`, a `jax.profiler` trace of a few steps, and its costliest device ops
+  (`profile_summary.top_ops`).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from benchmarks import xla_stats  # noqa: E402
+from benchmarks import profile_summary, xla_stats  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).", lock_config=True)
 flags.DEFINE_list("per_device_batch", ["8"], "Train batch per device; a comma list sweeps.")
@@ -51,8 +54,12 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps after the compile.")
 flags.DEFINE_float("peak_flops", None, "Peak FLOP/s per device (default: table by device kind).")
 flags.DEFINE_integer("sample_steps", None, "Sampler steps to scale to (default: config.sample).")
 flags.DEFINE_integer("sample_timed_steps", 4, "Sampler steps actually run and timed (0: skip).")
+flags.DEFINE_integer("sample_batch", 0, "Global sampling batch (0: the train step's global batch).")
+flags.DEFINE_list("sample_guidance", [], "Guidance scales to time the sampler at, each a point "
+                  "(default: config.sample.guidance_scale); 1 is one network pass per step.")
 flags.DEFINE_string("profile", None, "Write a jax.profiler trace of --profile_steps steps here.")
 flags.DEFINE_integer("profile_steps", 3, "Steps inside the profiler trace.")
+flags.DEFINE_integer("profile_top", 10, "Costliest device ops of the trace to report.")
 flags.DEFINE_string("compilation_cache", None, "Enable JAX's persistent compilation cache here.")
 flags.DEFINE_bool("plan", True, "Also report --mode=plan's per-device estimate (traces the model).")
 FLAGS = flags.FLAGS
@@ -143,31 +150,37 @@ class Bench:
         self.forward_flops = summary.forward_flops(config.model, init.param_shapes(config.model))
         self.samplers: dict[int, dict[str, Any]] = {}
 
-    def sampling(self, batch: int, timed_steps: int, full_steps: int) -> dict[str, Any]:
-        """Times the real sampler for `timed_steps` steps at `batch` (once per batch size)."""
-        if timed_steps <= 0:
-            return {"sample_images_per_s": None}
-        if batch not in self.samplers:
+    def sampling(self, batch: int, timed_steps: int, full_steps: int, guidance: float
+                 ) -> dict[str, Any]:
+        """Times the real sampler for `timed_steps` steps at `batch` rows and guidance scale
+        `guidance` (once per pair)."""
+        key = (batch, guidance)
+        if key not in self.samplers:
             from sd_jax.sample.generate import Sampler
 
             config = self.config.copy_and_resolve_references()
             config.sample.num_steps = timed_steps
             labels = [i % max(config.model.num_classes, 1) for i in range(batch)]
             rng = jax.random.PRNGKey(2)
-            sampler = Sampler.from_config(config, self.mesh)
+            sampler = Sampler.from_config(config, self.mesh).replace(guidance_scale=guidance)
             params = sampler.prepare(self.state.ema_params)  # Cast once, as sample mode does.
 
             def call() -> Any:
                 return sampler.generate(params, rng, labels)
 
-            call()  # Compile.
-            loop_s = statistics.median(time_calls(call, 3))
-            self.samplers[batch] = {
-                "sample_batch": batch, "sample_timed_steps": timed_steps,
-                "sample_steps": full_steps, "sample_loop_s": loop_s,
-                "sample_images_per_s": batch * timed_steps / (loop_s * full_steps),
-            }
-        return self.samplers[batch]
+            point = {"batch": batch, "guidance_scale": guidance, "timed_steps": timed_steps,
+                     "steps": full_steps}
+            start = time.perf_counter()
+            try:
+                call()  # Compile.
+                compile_s = time.perf_counter() - start
+                loop_s = statistics.median(time_calls(call, 3))
+            except jax.errors.JaxRuntimeError as e:  # E.g. out of memory: keep the train figures.
+                self.samplers[key] = {**point, "error": str(e).strip().splitlines()[0][:300]}
+                return self.samplers[key]
+            self.samplers[key] = {**point, "compile_s": round(compile_s, 2), "loop_s": loop_s,
+                                  "images_per_s": batch * timed_steps / (loop_s * full_steps)}
+        return self.samplers[key]
 
 
 def plan_bytes(config: Any, num_devices: int, fsdp: int, per_device_micro: int) -> int:
@@ -205,11 +218,12 @@ def run_point(bench: Bench, per_device_batch: int, per_device_micro: int) -> dic
     time_calls(one_step, FLAGS.warmup)
     times = time_calls(one_step, FLAGS.steps)
     step_s = statistics.median(times)
-    profile_dir = None
+    profile_dir, top_ops = None, None
     if FLAGS.profile:
         profile_dir = os.path.join(FLAGS.profile, f"batch{per_device_batch}_micro{micro}")
-        with jax.profiler.trace(profile_dir):
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
             time_calls(one_step, FLAGS.profile_steps)
+        top_ops = profile_summary.top_ops(profile_dir, FLAGS.profile_steps, FLAGS.profile_top)
 
     hardware = xla_stats.compiled_flops(compiled)
     model = 3 * bench.forward_flops * per_device_batch  # Forward + backward, per device.
@@ -219,8 +233,11 @@ def run_point(bench: Bench, per_device_batch: int, per_device_micro: int) -> dic
                    "hlo": hlo_source}
     peak_bytes, memory_source = peak_memory_bytes(devices)
     fsdp = int(bench.mesh.shape["fsdp"])
-    sample = bench.sampling(batch_size, FLAGS.sample_timed_steps,
-                            FLAGS.sample_steps or config.sample.num_steps)
+    sample_steps = FLAGS.sample_steps or config.sample.num_steps
+    guidance = FLAGS.sample_guidance or [config.sample.guidance_scale]
+    sampling = [bench.sampling(FLAGS.sample_batch or batch_size, FLAGS.sample_timed_steps,
+                               sample_steps, float(g))
+                for g in guidance] if FLAGS.sample_timed_steps > 0 else []
     return {
         "device": f"{n} x {devices[0].device_kind} ({devices[0].platform})",
         "host": platform.node(),
@@ -248,8 +265,9 @@ def run_point(bench: Bench, per_device_batch: int, per_device_micro: int) -> dic
         "plan_bytes": plan_bytes(config, n, fsdp, micro) if FLAGS.plan else None,
         "all_gather_bytes_per_step": collectives["all-gather"],
         "collective_bytes_per_step": collectives,
-        **sample,
+        "sampling": sampling,
         "profile_dir": profile_dir,
+        "profile_top_ops": top_ops,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
@@ -265,9 +283,10 @@ def _percent(x: float | None, why: str) -> str:
 def summary(r: dict[str, Any]) -> str:
     """Human-readable lines for one point."""
     hardware = r["hardware_flops_per_step_per_device"]
-    sampled = (f"{r['sample_images_per_s']:.3f} images/s ({r['sample_timed_steps']}-step loop "
-               f"in {r['sample_loop_s']:.3f} s, scaled to {r['sample_steps']} steps)"
-               if r["sample_images_per_s"] is not None else "skipped")
+    sampled = [f"batch {s['batch']}, guidance {s['guidance_scale']:g}: " + (
+        f"{s['images_per_s']:.3f} images/s ({s['timed_steps']}-step loop in {s['loop_s']:.3f} s, "
+        f"scaled to {s['steps']} steps)" if "error" not in s else f"failed: {s['error']}")
+        for s in r["sampling"]] or ["skipped"]
     return "\n".join([
         f"device:           {r['device']}, load average {r['load_average']}",
         f"model:            {r['num_params']:,} params, {r['dtype']}, remat {r['remat']}, "
@@ -288,8 +307,10 @@ def summary(r: dict[str, Any]) -> str:
         f"memory:           peak {_gib(r['peak_memory_bytes'])} ({r['peak_memory_source']}); "
         f"compiled {_gib(r['compiled_memory_bytes'])}; plan {_gib(r['plan_bytes'])} per device",
         f"all-gather:       {r['all_gather_bytes_per_step'] / 2**20:.2f} MiB per device per step",
-        f"sampling:         {sampled}",
-    ] + ([f"profile:          {r['profile_dir']}"] if r["profile_dir"] else []))
+        *(f"sampling:         {line}" for line in sampled),
+    ] + ([f"profile:          {r['profile_dir']}"] if r["profile_dir"] else [])
+      + [f"  {op['share']:6.1%} {op['ms_per_step']:9.3f} ms/step  {op['name']}"
+         for op in r["profile_top_ops"] or []])
 
 
 def main(argv: list[str]) -> None:

@@ -62,15 +62,27 @@ def hide_accelerators(worker_index: int, worker_count: int) -> None:
 
 
 def release_shared_memory(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Copies a batch out of the workers' shared memory, so each block is unlinked now.
+    """Copies a batch out of the workers' shared memory and unlinks each block now.
 
-    grain hands worker batches over as arrays backed by shared memory, unlinked (on a thread)
-    when the array is freed. The caller keeps a batch as long as it likes: the trainer's loop
-    variable holds the last one until training returns, and on CPU `jax.device_put` may alias
-    it, so the unlink could be left for the interpreter's exit, where the resource tracker
-    reports it as leaked. A host copy of the batch decouples the two lifetimes.
+    grain hands worker batches over as arrays backed by shared memory, each unlinked (on a
+    thread) when grain's array object is freed. That moment is not ours to choose: the trainer
+    holds the last batch until training returns, on CPU `jax.device_put` may alias it, and grain
+    keeps the last batch of each worker's reader thread in the frame of the StopIteration that
+    ended it, a reference cycle freed only by the garbage collector, so a process that exits
+    soon after can leave the unlink to the interpreter's exit, where the resource tracker
+    reports the block as leaked. A host copy decouples the two lifetimes, and unlinking the
+    name right after it (the mapping stays valid until grain's object closes it) makes the
+    release immediate wherever grain's object ends up; grain's object is then told not to
+    unlink again (`_unlink_on_del`, grain's own flag; another grain layout without it keeps
+    the old behaviour).
     """
-    return {key: np.array(value, copy=True) for key, value in batch.items()}
+    copy = {key: np.array(value, copy=True) for key, value in batch.items()}
+    for value in batch.values():
+        shm = getattr(value, "shm", None)
+        if shm is not None and getattr(value, "_unlink_on_del", False):
+            value._unlink_on_del = False
+            shm.unlink()
+    return copy
 
 
 def wait_for_shared_memory_release() -> None:
@@ -176,8 +188,9 @@ class Loader:
         finally:
             self._iterators.discard(it)
             it.close()
-            # grain's last batches sit in reference cycles; collecting them now unlinks their
-            # shared memory, which otherwise waits for the interpreter's exit (and a warning).
+            # Yielded batches are unlinked already (release_shared_memory); batches the reader
+            # threads opened but nobody read (after a `break`) sit in reference cycles:
+            # collecting them now unlinks theirs, which otherwise may wait for the exit.
             gc.collect()
             wait_for_shared_memory_release()
 

@@ -178,16 +178,18 @@ class Planner:
                 "ema": shard_bytes(abstract.ema_params, shardings.ema_params),
                 "optimizer": shard_bytes(abstract.opt_state, shardings.opt_state)}
 
-    def bytes(self, layout: Layout) -> dict[str, int]:
-        """Per-device bytes by component (COMPONENTS) and their 'total'."""
-        if self.devices % layout.fsdp or self.per_device_batch % layout.microbatch:
+    def bytes(self, layout: Layout, per_device_batch: int | None = None) -> dict[str, int]:
+        """Per-device bytes by component (COMPONENTS) and their 'total', at the config's batch
+        or `per_device_batch` images per device (the traces serve any batch)."""
+        batch = self.per_device_batch if per_device_batch is None else per_device_batch
+        if self.devices % layout.fsdp or batch % layout.microbatch:
             raise UserError(f"layout {layout} does not divide {self.devices} devices / "
-                            f"{self.per_device_batch} images per device")
+                            f"{batch} images per device")
         out = dict(self.state_bytes(layout.fsdp))
-        accumulating = layout.microbatch < self.per_device_batch
+        accumulating = layout.microbatch < batch
         out["gradients"] = out["params"] * (2 if accumulating else 1)  # + the accumulator.
         m = self.config.model
-        out["batch"] = self.per_device_batch * (m.image_size**2 * m.image_channels + 1) * 4
+        out["batch"] = batch * (m.image_size**2 * m.image_channels + 1) * 4
         base, mine = self.residuals("none"), self.residuals(layout.remat)
         rematted = {k for k, v in base.per_example.items() if mine.per_example.get(k, 0) != v}
         # Params a non-rematted op reads in the backward pass stay gathered under FSDP; rematted

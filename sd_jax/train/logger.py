@@ -1,10 +1,12 @@
 """Training metrics: `<workdir>/metrics.jsonl`, one progress line per log step, TensorBoard and
 profiler traces via clu.
 
-Steps/s and the ETA come from `clu.periodic_actions.ReportProgress`, profiler traces from
-`clu.periodic_actions.Profile`; both run on every process, as clu intends (each process's
-profile is its own file). Only process 0 writes metrics files. Metrics are fetched one step late
-by the trainer, so logging never makes the host wait for the step it just dispatched.
+Steps/s and the ETA come from `Progress` (clu's ReportProgress figures and note, without
+`clu.periodic_actions`, which imports TensorFlow: training needs TF only for TensorBoard, the
+tfds source and profiling), profiler traces from `clu.periodic_actions.Profile`; both run on
+every process, as clu intends (each process's profile is its own file). Only process 0 writes
+metrics files. Metrics are fetched one step late by the trainer, so logging never makes the
+host wait for the step it just dispatched.
 
 In a gs:// workdir objects cannot be appended to, so new lines are held and written (the whole
 object rewritten) at most every `UPLOAD_EVERY_SECS`, at every checkpoint (`flush`) and at the
@@ -117,41 +119,42 @@ def tensorboard_writer(logdir: epath.Path) -> Any:
     return None if writer is None else _MirroredWriter(writer, local, logdir)
 
 
-class _Scalars:
-    """The `writer` that `ReportProgress` reports to: keeps its scalars (steps_per_sec, uptime)
-    for the step's record, which then goes to every output."""
+def _format_secs(secs: float) -> str:
+    """'1d10h17m' for 123456.7 s, as clu's ReportProgress writes its ETA."""
+    days, rest = divmod(int(secs), 86_400)
+    hours, rest = divmod(rest, 3_600)
+    return (f"{days}d" if days else "") + (f"{hours}h" if hours else "") + f"{rest // 60}m"
 
-    def __init__(self):
+
+class Progress:
+    """Steps/s, progress and ETA on every `every_steps`-th step and the last, over the steps
+    since the previous report (the first interval, from construction, counts compiling): the
+    figures and note of clu's ReportProgress ('2.1 steps/s, 40.0% (400/1000), ETA: 5m')."""
+
+    def __init__(self, num_steps: int, every_steps: int, start_step: int = 0):
+        self.num_steps, self.every_steps = num_steps, every_steps
+        self._t0 = self._time = time.monotonic()
+        self._step = start_step
+        self.note = ""
         self.scalars: dict[str, float] = {}
 
-    def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        del step
-        self.scalars.update((k, float(v)) for k, v in scalars.items())
-
-
-def _keep_progress_notes() -> Any:
-    """Makes clu's work unit keep ReportProgress's note ('2.1 steps/s, 40.0% (400/1000), ETA:
-    5m') for the log line, where the local one would log it at INFO; returns the work unit.
-
-    clu reports progress to `clu.platform.work_unit()`, a process-wide object that has no public
-    setter (its other implementations belong to Google's experiment platform).
-    """
-    from clu import platform
-
-    class NoteKeeper(platform.LocalWorkUnit):
-        note = ""
-
-        def set_notes(self, msg: str) -> None:
-            self.note = msg
-
-    with platform._work_unit_lock:
-        if not isinstance(platform._work_unit, NoteKeeper):
-            platform._work_unit = NoteKeeper()
-        return platform._work_unit
+    def __call__(self, step: int) -> bool:
+        """Call after every step; on a report step updates `note` and `scalars` (steps_per_sec,
+        uptime) and returns True."""
+        if step == self._step or (step % self.every_steps and step != self.num_steps):
+            return False
+        now = time.monotonic()
+        rate = (step - self._step) / max(now - self._time, 1e-9)
+        self._step, self._time = step, now
+        self.note = (f"{rate:.1f} steps/s, {100 * step / self.num_steps:.1f}% "
+                     f"({step}/{self.num_steps}), "
+                     f"ETA: {_format_secs((self.num_steps - step) / rate)}")
+        self.scalars = {"steps_per_sec": rate, "uptime": now - self._t0}
+        return True
 
 
 def _log_line(step: int, record: dict[str, float], note: str | None) -> str:
-    """'step 400: loss 0.1234 (unweighted 0.2345) | <clu's progress note> | 77 img/s'."""
+    """'step 400: loss 0.1234 (unweighted 0.2345) | <progress note> | 77 img/s'."""
     line = f"step {step}: loss {record.get('loss', float('nan')):.4f}"
     if "unweighted_loss" in record:
         line += f" (unweighted {record['unweighted_loss']:.4f})"
@@ -180,13 +183,8 @@ class MetricsLogger:
         if self.primary:
             self._drop_records_after(start_step)
         self._last_upload = time.monotonic()
-        self._scalars = _Scalars()
-        self._work_unit = _keep_progress_notes()
-        self._work_unit.note = ""
-        self._progress = _periodic_actions().ReportProgress(
-            num_train_steps=num_steps, writer=self._scalars, every_steps=log_every,
-            every_secs=None)
-        self._progress(start_step)  # The clock starts now: the first interval counts compiling.
+        # The clock starts now: the first interval counts compiling.
+        self._progress = Progress(num_steps, log_every, start_step)
 
     def _drop_records_after(self, step: int) -> None:
         """On resume, forget records the interrupted run logged past its last checkpoint."""
@@ -203,10 +201,10 @@ class MetricsLogger:
         if step % self.log_every and step != self.num_steps:
             return None
         record = drop_empty_buckets({k: float(v) for k, v in metrics.items()})
-        note = None  # The first step after start-up: clu's first call only starts the clock.
+        note = None  # No interval yet (a log step the progress did not report).
         if reported:
-            note = self._work_unit.note
-            record.update(self._scalars.scalars)
+            note = self._progress.note
+            record.update(self._progress.scalars)
             record["images_per_sec"] = record["steps_per_sec"] * self.batch_size
         if self.primary:
             self._pending.append(json.dumps({"step": step, **record}) + "\n")

@@ -6,6 +6,7 @@ Budget: ~10 s on 2 cores plus ~10 s for the two tests that start grain worker pr
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from configs import base
 from sd_jax.data import ArraySource, FolderSource, Loader, build_loader, digits_source, preprocess
+from sd_jax.data.loader import release_shared_memory
 from sd_jax.errors import UserError
 from sd_jax.validate import validate
 
@@ -204,6 +206,50 @@ def test_worker_processes_resume_bitwise_and_seeds_differ():
     assert_same_batch(next(in_process.iterate(6))[1], reference[6])
     other = make_loader(seed=1, random_flip=True)
     assert not np.array_equal(other.get_batch(0)["image"], reference[0]["image"])
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory in /dev/shm")
+def test_worker_batches_leave_shared_memory_without_garbage_collection(monkeypatch):
+    """Every shared-memory block of the worker batches is unlinked once the iteration has
+    ended, with the garbage collector never running: grain keeps the last batch of each reader
+    thread in a reference cycle (the frames of the StopIteration that ended it), so a block
+    left for grain's array to unlink would wait for a collection, and at exit it is reported
+    as leaked."""
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+    opened, original = [], SharedMemoryArray.from_metadata.__func__
+
+    def from_metadata(cls, metadata):
+        opened.append(metadata.name)
+        return original(cls, metadata)
+
+    monkeypatch.setattr(SharedMemoryArray, "from_metadata", classmethod(from_metadata))
+    monkeypatch.setattr(gc, "collect", lambda *args: 0)  # Not even the loader's own collection.
+    gc.disable()
+    try:
+        loader = make_loader(random_flip=True, num_workers=2)
+        assert [step for step, _ in loader.iterate(0, 3)] == [0, 1, 2]
+        assert len(opened) == 3 * 4  # Image, flip, label and the substitution count per batch.
+        assert [n for n in opened if os.path.exists(f"/dev/shm/{n.lstrip('/')}")] == []
+    finally:
+        gc.enable()
+
+
+def test_released_batch_is_a_copy_and_grain_no_longer_unlinks_it():
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+    shared = SharedMemoryArray((2, 3), np.uint8)
+    shared[:] = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    shared.unlink_on_del()  # As grain hands a worker's array to the reading process.
+    name = shared.shm.name
+    plain = np.arange(4)
+    released = release_shared_memory({"image": shared, "label": plain})
+    assert not os.path.exists(f"/dev/shm/{name.lstrip('/')}")  # Unlinked at once ...
+    assert not shared._unlink_on_del  # ... so grain's array only closes its mapping.
+    np.testing.assert_array_equal(released["image"], np.arange(6).reshape(2, 3))
+    assert type(released["image"]) is np.ndarray and not np.shares_memory(released["label"], plain)
+    shared[:] = 0  # The mapping is still valid; the copy does not see it.
+    assert released["image"].sum() == 15
 
 
 @pytest.mark.parametrize("process_count", [2, 3, 4])

@@ -25,9 +25,10 @@ FIELDS = {
     "achieved_model_flops_per_s_per_device", "peak_flops_per_device", "mfu",
     "hardware_flops_per_step_per_device", "hfu", "peak_memory_bytes", "peak_memory_source",
     "compiled_memory_bytes", "plan_bytes", "all_gather_bytes_per_step",
-    "collective_bytes_per_step", "sample_batch", "sample_timed_steps", "sample_steps",
-    "sample_loop_s", "sample_images_per_s", "profile_dir", "load_average",
+    "collective_bytes_per_step", "sampling", "profile_dir", "profile_top_ops", "load_average",
 }
+SAMPLING_FIELDS = {"batch", "guidance_scale", "timed_steps", "steps", "compile_s", "loop_s",
+                   "images_per_s"}
 
 # A while loop (trip count 3) with an async bf16 all-gather in its body, a conditional with an
 # all-to-all in each branch, an all-reduce, and an all-gather of a bf16 value that the backend
@@ -134,6 +135,7 @@ def test_benchmark_sweep_profile_cache_and_fields(tmp_path):
     config = tiny_config(**{"mesh.fsdp": 2})
     args = [*config_args(config), "--per_device_batch=2,4", "--per_device_microbatch=0,2",
             "--steps=1", "--warmup=0", "--sample_timed_steps=2", "--sample_steps=40",
+            "--sample_batch=6", "--sample_guidance=1,2.5",
             f"--profile={tmp_path / 'trace'}", "--profile_steps=1",
             f"--compilation_cache={tmp_path / 'cache'}", "--peak_flops=1e12"]
     env = child_env(2)
@@ -159,8 +161,14 @@ def test_benchmark_sweep_profile_cache_and_fields(tmp_path):
             r["hardware_flops_per_step_per_device"] / r["step_time_s"] / 1e12, rel=1e-12)
         assert r["all_gather_bytes_per_step"] > 0  # fsdp=2: weights are gathered.
         assert r["compiled_memory_bytes"] > 0 and r["plan_bytes"] > 0
-        assert r["sample_images_per_s"] == pytest.approx(
-            r["sample_batch"] * 2 / (r["sample_loop_s"] * 40), rel=1e-12)
+        assert [(s["batch"], s["guidance_scale"]) for s in r["sampling"]] == [(6, 1), (6, 2.5)]
+        for s in r["sampling"]:
+            assert set(s) == SAMPLING_FIELDS and s["timed_steps"] == 2 and s["steps"] == 40
+            assert s["images_per_s"] == pytest.approx(6 * 2 / (s["loop_s"] * 40), rel=1e-12)
         assert list((tmp_path / "trace").glob(f"batch{r['per_device_batch']}_micro"
                                               f"{r['per_device_microbatch']}/**/*.xplane.pb"))
+        ops = r["profile_top_ops"]  # XLA:CPU's ops, each run once per traced step at least.
+        assert 0 < len(ops) <= 10 and all(op["count"] >= 1 and op["ms_per_step"] > 0 for op in ops)
+        assert [op["share"] for op in ops] == sorted((op["share"] for op in ops), reverse=True)
+        assert 0 < sum(op["share"] for op in ops) <= 1 + 1e-9
     assert any((tmp_path / "cache").iterdir())

@@ -55,6 +55,18 @@ def test_components_add_up_and_state_splits_over_fsdp(roomy):
         assert split + kept <= params <= split * 1.1 + kept, (fsdp, params, full, kept)
 
 
+def test_bytes_at_another_batch_are_that_batchs_plan():
+    """`Planner.bytes(layout, per_device_batch=b)` of a planner built for one batch gives what a
+    planner built for batch b plans (the traces are per example)."""
+    big, small = (plan.Planner(tiny_config(**{"train.batch_size": b}), 2) for b in (16, 4))
+    for remat in REMAT:
+        for micro in (1, 2):
+            layout = plan.Layout(1, micro, remat)
+            assert big.bytes(layout, per_device_batch=2) == small.bytes(layout)
+    with pytest.raises(UserError, match="does not divide"):
+        big.bytes(plan.Layout(1, 2, "none"), per_device_batch=3)
+
+
 def norm_bytes(config) -> int:
     """float32 bytes of the weights on the logical axis 'norm', which every device holds whole."""
     import flax.linen as nn

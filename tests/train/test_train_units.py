@@ -87,6 +87,29 @@ def test_label_dropout_and_ema():
     np.testing.assert_allclose(ema["a"], 1.5)
 
 
+def test_progress_reports_clus_figures_and_note(monkeypatch):
+    """Steps/s over the steps since the last report, and clu's ReportProgress note and ETA
+    format, on a fake clock (clu's own `_format_secs` is the reference for the ETA)."""
+    from clu.periodic_actions import _format_secs
+
+    now = [100.0]
+    monkeypatch.setattr(metrics_io.time, "monotonic", lambda: now[0])
+    progress = metrics_io.Progress(num_steps=10, every_steps=4, start_step=0)
+    reports = []
+    for step, t in zip(range(1, 11), (101, 102, 103, 104, 104.5, 105, 105.5, 106, 107, 110),
+                       strict=True):
+        now[0] = t
+        if progress(step):
+            reports.append((step, progress.note, dict(progress.scalars)))
+    assert [r[0] for r in reports] == [4, 8, 10]  # Every 4 steps and the last.
+    assert reports[0][1] == "1.0 steps/s, 40.0% (4/10), ETA: 0m"  # 4 steps in 4 s; 6 s left.
+    assert reports[1][2] == {"steps_per_sec": 2.0, "uptime": 6.0}  # 4 steps in 2 s.
+    assert reports[2][1].startswith("0.5 steps/s, 100.0% (10/10)")
+    assert not progress(10)  # The same step twice: no interval.
+    for secs in (0.0, 59.9, 61.0, 3_599.0, 3_600.0, 86_399.0, 86_400.0, 123_456.7, 9e6):
+        assert metrics_io._format_secs(secs) == _format_secs(secs), secs
+
+
 def test_metrics_logger_records_and_resume_truncation(tmp_path, capsys):
     log = metrics_io.MetricsLogger(tmp_path, num_steps=7, batch_size=8, log_every=2,
                                    tensorboard=False)
@@ -98,14 +121,14 @@ def test_metrics_logger_records_and_resume_truncation(tmp_path, capsys):
     assert [r is not None for r in logged] == [False, True, False, True, False, True, True]
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6, 7]  # Every 2 steps, and the last one.
-    for r in records:  # clu's ReportProgress: steps/s over the steps since the last report.
+    for r in records:  # Progress: steps/s over the steps since the last report.
         assert r["images_per_sec"] == pytest.approx(8 * r["steps_per_sec"]) and r["uptime"] > 0
         # The empty bucket is missing rather than 0; counts are not metrics.
         assert r["loss_logsnr/0:[-1.0,0.0)"] == 0.7 and "loss_logsnr/1:[0.0,1.0)" not in r
         assert not any(k.startswith("count_logsnr") for k in r)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4 and lines[0].startswith("step 2: loss 0.5000")
-    assert "57.1% (4/7), ETA:" in lines[1] and "100.0% (7/7)" in lines[3]  # clu's own note.
+    assert "57.1% (4/7), ETA:" in lines[1] and "100.0% (7/7)" in lines[3]  # clu's note.
     metrics_io.MetricsLogger(tmp_path, num_steps=10, batch_size=8, start_step=4,
                              tensorboard=False).close()
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
