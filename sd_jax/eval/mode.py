@@ -28,7 +28,7 @@ from etils import epath
 from sd_jax.checkpoints import integrity
 from sd_jax.errors import UserError
 from sd_jax.eval import digits_eval, fid, inception
-from sd_jax.io import npz, paths
+from sd_jax.io import lock, npz, paths
 
 REF_BATCH_HELP = (
     "Download the ADM reference batch for your dataset (e.g. VIRTUAL_imagenet512.npz, "
@@ -199,7 +199,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                 config.model.num_classes))
     results = {**meta, **results, "samples": str(samples_path),  # Measured values win.
                "seconds": round(time.time() - start, 1)}
-    write_results(workdir, samples_path.stem, results, meta.get("step"))
+    # Eval takes no lock: it reads, and writes its own eval_<samples name>.json. Its line in
+    # metrics.jsonl is appended; in a bucket an append rewrites the object, as a running
+    # training does at each checkpoint, so there it is left out while a training runs.
+    step, training = meta.get("step"), None
+    if paths.is_uri(workdir):
+        training = lock.holder(paths.as_path(workdir) / lock.TRAIN_LOCK)
+    if training and jax.process_index() == 0:
+        print(f"note: not adding to metrics.jsonl, which {lock.describe(training)} rewrites; the "
+              f"results are in eval_{samples_path.stem}.json", flush=True)
+    write_results(workdir, samples_path.stem, results, None if training else step)
     if jax.process_index() == 0:
         shown = ", ".join(f"{k}={results[k]:.4g}" for k in SHOWN_KEYS if k in results)
         print(f"eval {samples_path.name} ({results['num_samples']} images): {shown}", flush=True)
