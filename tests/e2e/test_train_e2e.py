@@ -102,7 +102,7 @@ def test_preemption_sync_point_saves_stops_and_resumes_exactly(one_device_runs, 
     asked = json.loads(one_device_runs.split("ASKED ")[1].splitlines()[0])
     # Asked after every step until it said stop (orbax asks again while saving that step).
     assert asked[:2] == [1, 2] and set(asked) == {1, 2}, asked
-    assert "stopped at the preemption sync point at step 2; checkpoint saved" in one_device_runs
+    assert "stopped at the preemption sync point at step 2; checkpoint 2 saved: " in one_device_runs
     assert steps_on_disk(workdir / "sync_point") == [2, 3, 6]
     assert losses(workdir / "sync_point") == losses(workdir / "straight")  # Bitwise.
 
