@@ -12,8 +12,7 @@ Parameters, FLOPs, memory and the throughput they imply: docs/training.md, "Trai
 """
 
 import ml_collections
-
-from configs import base
+from sd_jax.configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:
