@@ -9,11 +9,11 @@ tables that implement them (`spec.SCHEDULES`, `losses.LOSSES`, `samplers.SAMPLER
 without an edit. Errors are `UserError`s with one line each. `check_workdir(workdir)` is the
 matching check of the run directory.
 
-A field that the run would ignore is an error too (`_check_applies`): a path set for a data source,
-model or mode that does not read it (`data.folder` under the digits), naming the field and what
-would use it. "Set" means not None for fields whose default is None (wherever they were set), and
-given on the command line (`overridden`) for the others, so a config file built on another one
-may keep a value its own settings do not read.
+A field given on the command line that the run would ignore is an error too (`_check_applies`):
+a path set for a data source, model or mode that does not read it (`--config.data.folder=...`
+under the digits), naming the field and what would read it. Only what the command line sets
+(`overridden`) counts: a config file may keep a value that a command-line switch makes unused
+(`quickstart.py`'s class labels under `--config.model.num_classes=0`).
 """
 
 from __future__ import annotations
@@ -237,9 +237,6 @@ _GUIDANCE: tuple[_Rule, str] = (lambda c, _: c.sample.guidance_scale != 1.0,
 _MULTISCALE: tuple[_Rule, str] = (lambda c, _: bool(c.diffusion.multiscale),
                                   "diffusion.multiscale=True")
 _PLAN: tuple[_Rule, str] = (lambda _, mode: mode == "plan", "--mode=plan")
-# Fields that are None (off) unless a config file or the command line sets them.
-OPTIONAL = ("data.folder", "data.data_dir", "data.manual_dir", "eval.reference_npz",
-            "eval.digits_classifier", "eval.samples_npz", "sample.labels")
 # Field -> (whether this run reads it, given the config and the mode; what would read it).
 APPLIES: dict[str, tuple[_Rule, str]] = {
     "data.folder": (lambda c, _: c.data.source == "folder", "data.source='folder'"),
@@ -278,14 +275,13 @@ APPLIES: dict[str, tuple[_Rule, str]] = {
 
 def _check_applies(config: ml_collections.ConfigDict, mode: str,
                    overridden: Collection[str]) -> None:
-    """A set field this run would not read is an error naming what would read it (see the module
-    docstring for what counts as set)."""
+    """A field given on the command line (`overridden`) that this run would not read is an error
+    naming what would read it."""
     for path, (applies, reader) in APPLIES.items():
-        value = _get(config, path)
-        is_set = path in overridden or (path in OPTIONAL and value is not None)
-        if is_set and not applies(config, mode):
-            raise UserError(f"config.{path}={value!r} would be ignored: only {reader} uses it; "
-                            "remove it (or change the config so that it applies)")
+        if path in overridden and not applies(config, mode):
+            raise UserError(f"config.{path}={_get(config, path)!r} would be ignored: only "
+                            f"{reader} uses it; remove it (or change the config so that it "
+                            "applies)")
 
 
 
