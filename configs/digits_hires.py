@@ -7,6 +7,7 @@ explains the choices and measures the samples (experiments/miniature/miniature.p
 """
 
 import ml_collections
+
 from sd_jax.configs import quickstart
 
 # Conv levels (channels @ size) per resolution, after DWT-2 (64 -> 16x16x48, 128 -> 32x32x48):

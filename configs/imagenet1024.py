@@ -6,6 +6,7 @@ then the 512 model's 2048-wide transformer at 16x16.
 """
 
 import ml_collections
+
 from sd_jax.configs import base
 
 

@@ -8,6 +8,7 @@ noise_d = 64 (paper text). Train set: 1,281,167 images, so 500k steps x 2048 is 
 """
 
 import ml_collections
+
 from sd_jax.configs import base
 
 

@@ -8,6 +8,7 @@ resolves to v-MSE for this U-ViT; loss_weighting stays 'constant').
 """
 
 import ml_collections
+
 from sd_jax.configs import base
 
 

@@ -8,6 +8,7 @@ are a real part of a step, small enough that a step takes seconds on a 2-core CP
 """
 
 import ml_collections
+
 from sd_jax.configs import imagenet64
 
 
