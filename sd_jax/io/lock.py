@@ -28,6 +28,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import fsspec
+
 from sd_jax.errors import UserError
 from sd_jax.io import paths
 
@@ -127,7 +129,8 @@ class WorkdirLock:
         data = json.dumps(_record(self.mode)).encode()
         for attempt in range(2):
             try:
-                with self.path.open("xb") as f:  # gcsfs: ifGenerationMatch=0.
+                fs, name = fsspec.core.url_to_fs(os.fspath(self.path))
+                with fs.open(name, "xb") as f:  # gcsfs: ifGenerationMatch=0 (epath has no 'x').
                     f.write(data)
                 return
             except FileExistsError:

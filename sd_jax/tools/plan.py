@@ -309,9 +309,8 @@ def format_plan(result: dict[str, Any]) -> str:
 
 # Where to go when a config does not fit on a CPU, by data source.
 SMALLER_CONFIGS = {
-    "folder": "for your own images on a CPU, --config=configs/photos.py (64 px, sized for a "
-              "laptop)",
-    "digits": "on a CPU, --config=configs/quickstart.py",
+    "folder": "--config=configs/photos.py (your own images at 64 px, sized for a CPU)",
+    "digits": "--config=configs/quickstart.py (sized for a CPU)",
 }
 
 
