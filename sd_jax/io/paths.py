@@ -71,7 +71,7 @@ def check_reachable(path: str | os.PathLike, timeout: float = PROBE_TIMEOUT_S) -
     a missing bucket): this tells an unreachable endpoint (no network, a firewall, a proxy that
     never answers) from one that says no, before a client library retries for a minute.
     The endpoint is the one gcsfs uses: `STORAGE_EMULATOR_HOST`, else storage.googleapis.com."""
-    text = os.fspath(path)
+    text = os.fspath(as_path(path))  # First: an unsupported scheme or a missing gcsfs.
     bucket = text.split("://", 1)[1].split("/", 1)[0]
     endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
     endpoint = endpoint if "://" in endpoint else f"http://{endpoint}"
