@@ -13,7 +13,15 @@ import subprocess
 import sys
 
 import pytest
-from utils import REPO, child_env, config_args, fast_env, jax_cache_dir, tiny_config
+from utils import (
+    REPO,
+    child_env,
+    config_args,
+    fast_env,
+    jax_cache_dir,
+    start_launch,
+    tiny_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -85,10 +93,8 @@ def test_checkpoint_saved_is_printed_once_the_checkpoint_is_final(tmp_path, cach
     directory must be complete: orbax renames `N.orbax-checkpoint-tmp` to `N` when committed."""
     workdir = tmp_path / "stopped"
     long_run = tiny_config(**{"train.num_steps": 100_000, "train.checkpoint_every": 100_000})
-    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *config_args(long_run),
-                             f"--workdir={workdir}"], cwd=REPO,
-                            env=child_env(1) | fast_env(cache, 1), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = start_launch([*config_args(long_run), f"--workdir={workdir}"],
+                        env_extra=fast_env(cache, 1), stderr=subprocess.DEVNULL)
     saved = None
     try:
         for line in proc.stdout:

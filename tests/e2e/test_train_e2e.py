@@ -29,6 +29,7 @@ from utils import (
     jax_cache_dir,
     run_launch,
     run_python,
+    start_launch,
     tiny_config,
 )
 
@@ -221,10 +222,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_sync_point(workdir, c
 def test_sigterm_saves_and_restart_continues(one_device_runs, workdir, cache_dir):
     path = workdir / "preempted"
     long_run = tiny_config(**{"train.num_steps": 100_000, "train.checkpoint_every": 100_000})
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "launch.py"), *config_args(long_run), f"--workdir={path}"],
-        cwd=REPO, env=child_env(1) | fast_env(cache_dir, 1), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    proc = start_launch([*config_args(long_run), f"--workdir={path}"],
+                        env_extra=fast_env(cache_dir, 1))
     for line in proc.stdout:
         if line.startswith("step 3:"):
             proc.send_signal(signal.SIGTERM)
@@ -301,10 +300,8 @@ def test_a_second_training_of_a_workdir_is_refused_and_a_killed_ones_lock_taken_
         workdir, cache_dir):
     path = workdir / "locked"
     long_run = tiny_config(**{"train.num_steps": 100_000, "train.checkpoint_every": 100_000})
-    first = subprocess.Popen(
-        [sys.executable, str(REPO / "launch.py"), *config_args(long_run), f"--workdir={path}"],
-        cwd=REPO, env=child_env(1) | fast_env(cache_dir, 1), stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True)
+    first = start_launch([*config_args(long_run), f"--workdir={path}"],
+                         env_extra=fast_env(cache_dir, 1), stderr=subprocess.DEVNULL)
     try:
         for line in first.stdout:
             if line.startswith("step 2:"):
