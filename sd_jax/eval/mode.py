@@ -171,6 +171,22 @@ def write_results(workdir: str | os.PathLike, name: str | None, results: dict,
     paths.append_text(workdir / "metrics.jsonl", json.dumps(line) + "\n")
 
 
+def metrics_step(workdir: str | os.PathLike, step: int | None, name: str) -> int | None:
+    """The step to log eval's metrics.jsonl line at, or None (no line, with a note) while a
+    training holds the workdir in a bucket. Eval takes no lock: it reads, and writes its own
+    eval_<name>.json; locally its line is appended (one write), but in a bucket an append
+    rewrites the object, as the training does at each checkpoint, so one of them could be lost."""
+    training = None
+    if step is not None and paths.is_uri(workdir):
+        training = lock.holder(paths.as_path(workdir) / lock.TRAIN_LOCK)
+    if training is None:
+        return step
+    if jax.process_index() == 0:
+        print(f"note: not adding to metrics.jsonl, which {lock.describe(training)} rewrites; the "
+              f"results are in eval_{name}.json", flush=True)
+    return None
+
+
 def inception_metrics(config: ml_collections.ConfigDict, samples_path: epath.Path) -> dict:
     """FID / sFID / IS of the samples against `config.eval.reference_npz`."""
     extract_fn, batch_size = build_extractor(config.eval)
@@ -199,16 +215,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                 config.model.num_classes))
     results = {**meta, **results, "samples": str(samples_path),  # Measured values win.
                "seconds": round(time.time() - start, 1)}
-    # Eval takes no lock: it reads, and writes its own eval_<samples name>.json. Its line in
-    # metrics.jsonl is appended; in a bucket an append rewrites the object, as a running
-    # training does at each checkpoint, so there it is left out while a training runs.
-    step, training = meta.get("step"), None
-    if paths.is_uri(workdir):
-        training = lock.holder(paths.as_path(workdir) / lock.TRAIN_LOCK)
-    if training and jax.process_index() == 0:
-        print(f"note: not adding to metrics.jsonl, which {lock.describe(training)} rewrites; the "
-              f"results are in eval_{samples_path.stem}.json", flush=True)
-    write_results(workdir, samples_path.stem, results, None if training else step)
+    write_results(workdir, samples_path.stem, results,
+                  metrics_step(workdir, meta.get("step"), samples_path.stem))
     if jax.process_index() == 0:
         shown = ", ".join(f"{k}={results[k]:.4g}" for k in SHOWN_KEYS if k in results)
         print(f"eval {samples_path.name} ({results['num_samples']} images): {shown}", flush=True)
