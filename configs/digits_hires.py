@@ -8,7 +8,7 @@ explains the choices and measures the samples (experiments/miniature/miniature.p
 
 import ml_collections
 
-from configs import quickstart
+from sd_jax.configs import quickstart
 
 # Conv levels (channels @ size) per resolution, after DWT-2 (64 -> 16x16x48, 128 -> 32x32x48):
 # the first level 48 wide (the transformed input's channels, see ModelSpec.level_width), then

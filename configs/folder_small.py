@@ -9,11 +9,20 @@ The recipe is the paper's at 128 (shifted cosine with noise_d 32, v-prediction, 
 loss) on a model scaled down 60x: the 5/3 wavelet takes 128x128x3 to 64x64x12, two conv levels
 (64 and 128 channels at 64 and 32) and 8 transformer blocks of width 512 at 16x16 (256 tokens).
 Parameters, FLOPs, memory and the throughput they imply: docs/training.md, "Train on your own images".
+
+Memory (plan mode, `--config=folder_small --mode=plan --config.plan.devices=1
+--config.plan.device_memory_gb=80`, 2026-12-06): 26.64 GiB on one GPU at batch 128 without remat
+(activations 26.01, params 0.11, EMA 0.11, Adam 0.22, gradients 0.11, batch 0.02, bf16 weights
+0.06): plan mode says it fits one 40 or 80 GB GPU as it is. On a 24 GB GPU its best layout is
+`--config.model.remat=transformer` (16.42 GiB); `remat=all` needs 4.63 GiB.
+It is a GPU recipe: on a CPU, training refuses to start when plan mode says it will not fit in
+the machine's memory (26.6 GiB > 23.5 GiB on the 2-core VM this was written on), naming
+configs/photos.py, the own-images recipe sized for a CPU.
 """
 
 import ml_collections
 
-from configs import base
+from sd_jax.configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -7,7 +7,7 @@ then the 512 model's 2048-wide transformer at 16x16.
 
 import ml_collections
 
-from configs import base
+from sd_jax.configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:

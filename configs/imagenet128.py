@@ -6,7 +6,7 @@ transformer at 16x16 match the 512 model (the paper's 2B U-ViT at 128).
 
 import ml_collections
 
-from configs import base
+from sd_jax.configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ noise_d = 64 (paper text). Train set: 1,281,167 images, so 500k steps x 2048 is 
 
 import ml_collections
 
-from configs import base
+from sd_jax.configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@ at those feature sizes) and the same 2048-wide, 36-block transformer at 16x16.
 
 import ml_collections
 
-from configs import base
+from sd_jax.configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ resolves to v-MSE for this U-ViT; loss_weighting stays 'constant').
 
 import ml_collections
 
-from configs import base
+from sd_jax.configs import base
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,6 +1,6 @@
 """The command line: `sd-jax` (installed by `pip install .`) and `python launch.py` are this.
 
-`sd-jax --config=configs/imagenet512.py --workdir=DIR [--mode=train]` parses flags, initialises
+`sd-jax --config=imagenet512 --workdir=DIR [--mode=train]` parses flags, initialises
 the distributed runtime and hands over to `sd_jax.main`. Any config field can be overridden:
 `--config.model.dropout=0.1`. Logs are warnings only unless `--verbosity=0` (INFO) or 1
 (DEBUG). Flags are defined when this module is imported, so only the two entry points import it.
@@ -11,7 +11,9 @@ import os
 import re
 import sys
 import traceback
+from pathlib import Path
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -37,6 +39,34 @@ def _unknown_key_message(error: BaseException, argv: list[str]) -> str:
     return f"unknown config key '{key}'{where}.{suggestion} Fields: configs/base.py"
 
 
+def shipped_configs() -> Path:
+    """The folder of the shipped config files (`sd_jax.configs`: installed, or the checkout's)."""
+    import sd_jax.configs
+
+    return Path(sd_jax.configs.__file__).parent
+
+
+def resolve_config(config_spec: str) -> str | None:
+    """`--config`'s value with its file resolved, or None if there is no such file.
+
+    A path that exists is used as given; otherwise a shipped config is found by its name from any
+    directory: `quickstart`, `quickstart.py` and `configs/quickstart.py` all name
+    sd_jax/configs/quickstart.py. A `:argument` suffix is kept.
+    """
+    path, colon, arg = config_spec.partition(":")
+    if os.path.isfile(path):
+        return config_spec
+    folder, name = os.path.split(path)
+    shipped = shipped_configs() / (name if name.endswith(".py") else f"{name}.py")
+    if folder in ("", "configs") and name and shipped.is_file():
+        return f"{shipped}{colon}{arg}"
+    return None
+
+
+def _names(folder: Path) -> str:
+    return ", ".join(sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_")))
+
+
 def _config_file_error(config_spec: str) -> str | None:
     """Runs the config file's get_config() once; any exception in it -> one line with its place.
 
@@ -45,10 +75,13 @@ def _config_file_error(config_spec: str) -> str | None:
     """
     path, _, arg = config_spec.partition(":")
     try:
-        spec = importlib.util.spec_from_file_location("_sd_jax_config_check", path)
+        spec = importlib.util.spec_from_file_location(Path(path).stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        module.get_config(arg) if arg else module.get_config()
+        if not callable(getattr(module, "get_config", None)):
+            return ("it defines no get_config(); a config file defines get_config() returning an "
+                    "ml_collections.ConfigDict (e.g. configs/quickstart.py)")
+        config = module.get_config(arg) if arg else module.get_config()
     except Exception as e:  # Whatever the file raises, the user fixes it in the file.
         if isinstance(e, SyntaxError):
             where = f"{e.filename}:{e.lineno}"
@@ -59,6 +92,9 @@ def _config_file_error(config_spec: str) -> str | None:
             frame = (mine or frames)[-1]
             where = f"{frame.filename}:{frame.lineno}"
         return f"{type(e).__name__}: {' '.join(str(e).split())} ({where})"
+    if not isinstance(config, ml_collections.ConfigDict):
+        return (f"get_config() returned {type(config).__name__} {str(config)[:60]!r}, not an "
+                "ml_collections.ConfigDict (does it end with `return config`?)")
     return None
 
 
@@ -73,14 +109,31 @@ def quiet_by_default() -> None:
         FLAGS.verbosity = -1  # absl's WARNING.
 
 
+def overridden_paths(argv: list[str]) -> list[str]:
+    """The config paths given on the command line: `--config.model.dropout=0.1` ->
+    'model.dropout' (and `--noconfig.x` / `--config.x VALUE` forms)."""
+    paths = []
+    for arg in argv:
+        for prefix in ("--config.", "--noconfig."):
+            if arg.startswith(prefix):
+                paths.append(arg[len(prefix):].split("=", 1)[0])
+    return paths
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a bad config file or override key is one line on stderr, exit 1."""
-    config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    """absl's parser, but a bad config file or override key is one line on stderr, exit 1.
+
+    A shipped config may be given by its name from any directory (`resolve_config`)."""
+    index = next((i for i, a in enumerate(argv) if a.startswith("--config=")), None)
+    config_file = argv[index].split("=", 1)[1] if index is not None else None
     message = None
-    if config_file and not os.path.isfile(config_file.split(":")[0]):
-        message = f"config file not found: {config_file}"
-    elif config_file and (problem := _config_file_error(config_file)):
+    if config_file and (resolved := resolve_config(config_file)) is None:
+        message = (f"config file not found: {config_file}; the shipped configs, by name from "
+                   f"any directory (e.g. --config=quickstart): {_names(shipped_configs())}")
+    elif config_file and (problem := _config_file_error(resolved)):
         message = f"could not load --config={config_file}: {problem}"
+    elif config_file:
+        argv = [*argv[:index], f"--config={resolved}", *argv[index + 1:]]
     if message is None:
         try:
             rest = FLAGS(argv)
@@ -105,6 +158,7 @@ def _run(argv: list[str]) -> None:
         config=FLAGS.config,
         workdir=FLAGS.workdir,
         mode=FLAGS.mode,
+        overridden=overridden_paths(sys.argv),
         coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes,
         process_id=FLAGS.process_id,

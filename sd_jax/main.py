@@ -6,12 +6,13 @@ import contextlib
 import importlib.util
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import ml_collections
 from absl import logging
 
 from sd_jax.errors import UserError
+from sd_jax.io.paths import check_reachable, is_uri
 
 # Launchers whose processes `jax.distributed.initialize()` finds on its own (its docstring: "If
 # you are using TPU, Slurm, or Open MPI, all arguments are optional"), told apart by the variables
@@ -108,12 +109,13 @@ def log_devices() -> None:
     )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str) -> None:
+def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str,
+        overridden: Sequence[str] = ()) -> None:
     """Validates the whole config, then runs one mode. Modules are imported lazily so `inspect`
-    never imports the data layer."""
+    never imports the data layer. `overridden`: the config paths set on the command line."""
     from sd_jax.validate import check_workdir, validate
 
-    validate(config, mode)  # Before any data, state or compilation.
+    validate(config, mode, overridden)  # Before any data, state or compilation.
     if mode == "inspect":
         from sd_jax.tools import inspect
 
@@ -124,8 +126,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str) -> No
 
         plan.run(config)
         return
-    if workdir is None:
-        raise UserError(f"--workdir is required for --mode={mode}")
+    if workdir is None or not workdir.strip():
+        given = "is required" if workdir is None else "is empty (an unset variable?)"
+        raise UserError(f"--workdir {given}: --mode={mode} keeps its checkpoints, metrics and "
+                        "samples there; pass a directory (or gs://bucket/path)")
+    if mode == "train":
+        from sd_jax.tools import plan
+
+        plan.check_fits_host(config)  # A CPU without the memory: one line, nothing created.
     # Train creates the workdir; sample and eval need one that exists (with checkpoints or
     # samples) and report a missing one themselves. All of them write there.
     check_workdir(workdir, create=mode == "train")
@@ -150,13 +158,16 @@ def run_cli(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    overridden: Sequence[str] = (),
 ) -> None:
     """launch.py's body: a UserError becomes one line on stderr and exit status 1."""
     try:
+        if workdir and is_uri(workdir):
+            check_reachable(workdir)  # First, before the seconds JAX takes to start.
         init_distributed(coordinator_address, num_processes, process_id)
         if mode not in ("inspect", "plan"):
             log_devices()
-        run(config, workdir, mode)
+        run(config, workdir, mode, overridden)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

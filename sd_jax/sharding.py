@@ -15,12 +15,21 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sd_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
+
+
+def from_process_zero(value: int) -> int:
+    """Process 0's `value` on every process: one small broadcast on multi-host (a collective:
+    every process calls it), `value` itself on one process."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
 def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices: Sequence[Any] | None = None) -> Mesh:

@@ -8,6 +8,12 @@ tables that implement them (`spec.SCHEDULES`, `losses.LOSSES`, `samplers.SAMPLER
 `registry.ARCHITECTURES`, `sources.SOURCES`, ...), so a new option added there is accepted here
 without an edit. Errors are `UserError`s with one line each. `check_workdir(workdir)` is the
 matching check of the run directory.
+
+A field given on the command line that the run would ignore is an error too (`_check_applies`):
+a path set for a data source, model or mode that does not read it (`--config.data.folder=...`
+under the digits), naming the field and what would read it. Only what the command line sets
+(`overridden`) counts: a config file may keep a value that a command-line switch makes unused
+(`quickstart.py`'s class labels under `--config.model.num_classes=0`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import math
 import os
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
@@ -29,7 +35,7 @@ from sd_jax.diffusion import losses, process, samplers, schedules
 from sd_jax.diffusion.spec import SCHEDULES
 from sd_jax.errors import UserError
 from sd_jax.eval import fid, inception
-from sd_jax.io.paths import as_path, is_uri
+from sd_jax.io.paths import as_path, check_reachable, is_uri
 from sd_jax.models import colour, registry
 from sd_jax.models.spec import ATTENTION_IMPLS, REMAT, TRANSFORMS, ModelSpec
 from sd_jax.sample import mode as sample_mode
@@ -62,6 +68,8 @@ def _choices() -> dict[str, tuple[Any, ...]]:
 
 # Numeric fields by the range they must lie in (checked by _RULES, one line per failure).
 _POSITIVE = (  # Counts, periods and sizes: a 0 would divide by zero or do nothing.
+    "model.image_size", "model.image_channels", "model.base_channels", "model.num_heads",
+    "model.emb_dim", "model.mlp_ratio",
     "train.num_steps", "train.batch_size", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.stop_check_every", "train.sample_grid_size",
     "sample.num_steps", "sample.batch_size", "sample.num_samples", "eval.batch_size",
@@ -70,6 +78,8 @@ _POSITIVE = (  # Counts, periods and sizes: a 0 would divide by zero or do nothi
     "diffusion.multiscale_min_size",
 )
 _NON_NEGATIVE = (
+    "seed",  # numpy's generators (data order, labels) take no negative seed.
+    "model.num_res_blocks", "model.transformer_depth",
     "train.sample_every", "eval.fid_every", "optimizer.warmup_steps", "optimizer.weight_decay",
     "train.microbatch_size",  # 0: no gradient accumulation.
     "data.num_workers",  # 0: decode in the training process.
@@ -101,7 +111,7 @@ _DEFAULTS = {"model.attention_impl": "xla", "model.colour_transform": "none"}
 def _get(config: ml_collections.ConfigDict, path: str) -> Any:
     parent, _, name = path.rpartition(".")
     node = config
-    for part in parent.split("."):
+    for part in parent.split(".") if parent else ():
         node = node[part]
     return node[name] if name in node or path not in _DEFAULTS else _DEFAULTS[path]
 
@@ -116,6 +126,12 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
             value = _get(config, path)
             if not isinstance(value, int | float) or math.isnan(value) or not ok(value):
                 raise UserError(f"config.{path}={value!r} must be {must_be}")
+    if config.seed >= 2**32:
+        raise UserError(f"config.seed={config.seed} must be below 2**32")
+    multipliers = tuple(config.model.channel_multipliers)
+    if not multipliers or not all(isinstance(x, int) and x > 0 for x in multipliers):
+        raise UserError(f"config.model.channel_multipliers={multipliers} must be positive "
+                        "integers, one per level")
 
 
 def _check_model_fields(config: ml_collections.ConfigDict) -> None:
@@ -205,6 +221,71 @@ def _check_mesh(config: ml_collections.ConfigDict) -> None:
         raise UserError("at most one of config.mesh.data / config.mesh.fsdp may be -1")
 
 
+def _inception_used(c: ml_collections.ConfigDict) -> bool:
+    """Eval mode scores with Inception unless the data are the digits (without Inception
+    weights); periodic FID always does."""
+    return c.data.source != "digits" or bool(c.eval.inception_weights) or c.eval.fid_every > 0
+
+
+_Rule = Callable[[ml_collections.ConfigDict, str], bool]
+_TFDS: tuple[_Rule, str] = (lambda c, _: c.data.source == "tfds", "data.source='tfds'")
+_INCEPTION: tuple[_Rule, str] = (
+    lambda c, _: _inception_used(c),
+    "Inception metrics (a data.source other than 'digits', eval.inception_weights or "
+    "eval.fid_every > 0)")
+_GUIDANCE: tuple[_Rule, str] = (lambda c, _: c.sample.guidance_scale != 1.0,
+                                "guidance (sample.guidance_scale != 1)")
+_MULTISCALE: tuple[_Rule, str] = (lambda c, _: bool(c.diffusion.multiscale),
+                                  "diffusion.multiscale=True")
+_PLAN: tuple[_Rule, str] = (lambda _, mode: mode == "plan", "--mode=plan")
+# Field -> (whether this run reads it, given the config and the mode; what would read it).
+APPLIES: dict[str, tuple[_Rule, str]] = {
+    "data.folder": (lambda c, _: c.data.source == "folder", "data.source='folder'"),
+    "data.name": _TFDS, "data.split": _TFDS, "data.data_dir": _TFDS, "data.manual_dir": _TFDS,
+    "eval.reference_npz": _INCEPTION, "eval.inception_preprocess": _INCEPTION,
+    "eval.sfid": _INCEPTION, "eval.fid_method": _INCEPTION, "eval.is_splits": _INCEPTION,
+    "eval.digits_classifier": (lambda c, _: c.data.source == "digits",
+                               "data.source='digits' (FD-digits)"),
+    "eval.samples_npz": (lambda _, mode: mode == "eval", "--mode=eval"),
+    "eval.fid_num_samples": (lambda c, _: c.eval.fid_every > 0, "eval.fid_every > 0"),
+    "sample.labels": (lambda c, _: c.model.num_classes > 0,
+                      "a class-conditional model (model.num_classes > 0)"),
+    "sample.guidance_logsnr_min": _GUIDANCE, "sample.guidance_logsnr_max": _GUIDANCE,
+    "sample.noise_param": (lambda c, _: c.sample.sampler == "ddpm", "sample.sampler='ddpm'"),
+    "diffusion.noise_d": (lambda c, _: c.diffusion.schedule == "shifted_cosine",
+                          "diffusion.schedule='shifted_cosine'"),
+    "diffusion.noise_d_low": (lambda c, _: c.diffusion.schedule == "interpolated_cosine",
+                              "diffusion.schedule='interpolated_cosine'"),
+    "diffusion.noise_d_high": (lambda c, _: c.diffusion.schedule == "interpolated_cosine",
+                               "diffusion.schedule='interpolated_cosine'"),
+    "diffusion.sigmoid_bias": (lambda c, _: c.diffusion.loss_weighting == "sigmoid",
+                               "diffusion.loss_weighting='sigmoid'"),
+    "diffusion.multiscale_min_size": _MULTISCALE, "diffusion.multiscale_weighting": _MULTISCALE,
+    "model.patch_size": (lambda c, _: c.model.input_transform in ("patch", "conv"),
+                         "model.input_transform='patch' or 'conv'"),
+    "model.attention_resolutions": (
+        lambda c, _: registry.ARCHITECTURES[c.model.arch].conv_attention, "model.arch='unet'"),
+    "model.transformer_depth": (
+        lambda c, _: registry.ARCHITECTURES[c.model.arch].has_transformer,
+        "a U-ViT (model.arch='uvit' or 'residual_uvit')"),
+    "train.profile_num_steps": (lambda c, _: c.train.profile_start_step > 0,
+                                "train.profile_start_step > 0"),
+    "plan.devices": _PLAN, "plan.device_memory_gb": _PLAN, "plan.show": _PLAN,
+}
+
+
+def _check_applies(config: ml_collections.ConfigDict, mode: str,
+                   overridden: Collection[str]) -> None:
+    """A field given on the command line (`overridden`) that this run would not read is an error
+    naming what would read it."""
+    for path, (applies, reader) in APPLIES.items():
+        if path in overridden and not applies(config, mode):
+            raise UserError(f"config.{path}={_get(config, path)!r} would be ignored: only "
+                            f"{reader} uses it; remove it (or change the config so that it "
+                            "applies)")
+
+
+
 def check_microbatch(train_cfg: ml_collections.ConfigDict, num_devices: int | None) -> None:
     """UserError unless `train.microbatch_size` (a GLOBAL micro-batch; 0 = none) divides
     `train.batch_size` and, given `num_devices`, is divisible by it (each micro-batch is split
@@ -221,8 +302,10 @@ def check_microbatch(train_cfg: ml_collections.ConfigDict, num_devices: int | No
                         f"{num_devices}")
 
 
-def validate(config: ml_collections.ConfigDict, mode: str) -> None:
-    """Raises UserError (one line) for the first bad field of `config`; `mode` as launch.py's."""
+def validate(config: ml_collections.ConfigDict, mode: str,
+             overridden: Collection[str] = ()) -> None:
+    """Raises UserError (one line) for the first bad field of `config`; `mode` as launch.py's;
+    `overridden`: the config paths given on the command line (`model.dropout`, ...)."""
     if mode not in MODES:
         raise UserError(f"unknown --mode={mode}; use {', '.join(MODES)}")
     _check_model_fields(config)
@@ -230,6 +313,7 @@ def validate(config: ml_collections.ConfigDict, mode: str) -> None:
     _check_model(config)
     _check_diffusion_and_sampling(config)
     _check_mesh(config)
+    _check_applies(config, mode, overridden)
     # The device count matters only where the train step will run (inspect needs no devices).
     check_microbatch(config.train, jax.device_count() if mode == "train" else None)
     if mode == "sample":
@@ -243,6 +327,8 @@ def check_workdir(workdir: str | os.PathLike, create: bool = True) -> epath.Path
     expected to find there). A gs:// workdir is checked in the bucket; nothing local is made."""
     path = as_path(workdir)  # UserError for gs:// without gcsfs.
     remote = is_uri(path)
+    if remote:
+        check_reachable(path)  # Seconds, not a minute of a client library's retries.
     try:
         if path.exists() and not path.is_dir():
             raise UserError(f"--workdir={workdir} is a file, not a directory; pass a directory "

@@ -17,6 +17,9 @@ Fixes to gcp-storage-emulator 2026.7.19, each a behaviour of real GCS the emulat
    gcsfs retries it with backoff for ~31 s before falling back to copy + delete.
 3. Cancelling a resumable upload (DELETE on the session URI; GCS answers 499) answers 501;
    gcsfs's `GCSFile.discard()` (used to abort a partial .npz) would retry ~31 s, then raise.
+4. An upload with the precondition `ifGenerationMatch=0` ("only if no such object exists", what
+   gcsfs sends for mode 'xb' and the workdir lock relies on) replaces an existing object; GCS
+   answers 412 Precondition Failed (https://cloud.google.com/storage/docs/request-preconditions).
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class _Status:
 
 
 def _fix_emulator() -> None:
-    """Applies fixes 1-3 of the module docstring to the emulator in this process."""
+    """Applies fixes 1-4 of the module docstring to the emulator in this process."""
     from gcp_storage_emulator import server
     from gcp_storage_emulator.handlers import objects
 
@@ -146,10 +149,29 @@ def _fix_emulator() -> None:
             storage.delete_resumable_file_obj(request.query["upload_id"][0])
         response.status = _Status(499, "Client Closed Request")
 
+    original_insert = objects.insert
+
+    def insert(request, response, storage, *args, **kwargs):  # Fix 4.
+        name = (request.query.get("name") or [None])[0]
+        if name is None and isinstance(request.data, dict):  # Multipart: the name is in 'meta'.
+            name = (request.data.get("meta") or request.data).get("name")
+        if request.query.get("ifGenerationMatch") == ["0"] and name:
+            try:
+                storage.get_file_obj(request.params["bucket_name"], name)
+            except objects.NotFound:
+                pass
+            else:
+                response.status = _Status(412, "Precondition Failed")
+                response.json({"error": {"code": 412, "message": "At least one of the pre-"
+                                         "conditions you specified did not hold."}})
+                return
+        original_insert(request, response, storage, *args, **kwargs)
+
     objects.download = download  # objects.get(alt=media) calls the module-level name.
     handlers = []
     for regex, methods in server.HANDLERS:
-        methods = {m: download if f is original_download else f for m, f in methods.items()}
+        methods = {m: download if f is original_download else insert if f is original_insert
+                   else f for m, f in methods.items()}
         if regex.startswith("^/upload/storage/v1/b/"):
             methods["DELETE"] = cancel_upload
         handlers.append((regex, methods))

@@ -1,13 +1,25 @@
-"""launch.py on bad input: one clear line on stderr, exit status 1, no traceback (~30 s)."""
+"""launch.py on bad input: one clear line on stderr, exit status 1, no traceback (~75 s: ~25
+launch.py runs that stop before any work)."""
 
+import contextlib
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
-from utils import REPO, assert_one_line_error, child_env, config_args, run_launch, tiny_config
+from utils import (
+    REPO,
+    assert_one_line_error,
+    child_env,
+    config_args,
+    free_port,
+    run_launch,
+    tiny_config,
+)
 
 
 def test_unknown_config_key(tmp_path):
@@ -89,3 +101,82 @@ def test_float8_dtype_stops_before_any_work(tmp_path):
                        f"--workdir={tmp_path / 'run'}"])
     assert_one_line_error(proc, "model.dtype='float8'", "bfloat16")
     assert not (tmp_path / "run").exists()
+
+
+def _silent_server() -> socket.socket:
+    """A TCP port that accepts connections (into its backlog) and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    return server
+
+
+def _issue_22_cases(tmp) -> dict:
+    """Issue 22's bad inputs, each -> (launch.py arguments, environment, words of the error)."""
+    tiny, workdir = config_args(tiny_config()), f"--workdir={tmp / 'run'}"
+    (tmp / "returns_none.py").write_text("def get_config():\n    return None\n")
+    (tmp / "no_get_config.py").write_text("NUM_STEPS = 10\n")
+    closed = free_port()
+    return {
+        "data.folder under the digits": (
+            [*tiny, workdir, f"--config.data.folder={tmp}/images"], {},
+            ["config.data.folder=", "only data.source='folder'"]),
+        "eval.reference_npz in digits eval": (
+            [*tiny, workdir, "--mode=eval", f"--config.eval.reference_npz={tmp}/ref.npz"], {},
+            ["config.eval.reference_npz=", "Inception metrics"]),
+        "model.image_size=0": ([*tiny, workdir, "--config.model.image_size=0"], {},
+                               ["config.model.image_size=0"]),
+        "seed=-1": ([*tiny, workdir, "--config.seed=-1"], {}, ["config.seed=-1"]),
+        "model.num_heads=0": ([*tiny, workdir, "--config.model.num_heads=0"], {},
+                              ["config.model.num_heads=0"]),
+        "get_config returns None": ([f"--config={tmp}/returns_none.py", workdir], {},
+                                    ["returns_none.py", "get_config() returned NoneType"]),
+        "no get_config": ([f"--config={tmp}/no_get_config.py", workdir], {},
+                          ["no_get_config.py", "defines no get_config()"]),
+        "gs:// endpoint refuses": (
+            [*tiny, "--workdir=gs://bucket/run"],
+            {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{closed}"},
+            ["gs://bucket/run: no answer from", "within 4 s"]),
+        "gs:// endpoint never answers": (
+            [*tiny, "--workdir=gs://bucket/run"], {"STORAGE_EMULATOR_HOST": "SILENT"},
+            ["gs://bucket/run: no answer from", "within 4 s", "timed out"]),
+    }
+
+
+ISSUE_22_CASES = ["data.folder under the digits", "eval.reference_npz in digits eval",
+                  "model.image_size=0", "seed=-1", "model.num_heads=0", "get_config returns None",
+                  "no get_config", "gs:// endpoint refuses", "gs:// endpoint never answers"]
+
+
+@pytest.mark.parametrize("case", ISSUE_22_CASES)
+def test_issue_22_inputs_fail_in_one_line_naming_the_field(case, tmp_path):
+    """Each bad input of issue 22 that used to train anyway, print a traceback or hang, through
+    launch.py: exit 1, no traceback, one line naming what to fix, before any work (nothing in
+    the workdir). The issue's other cases have tests of their own: an empty --workdir below;
+    two trainings and a resume past num_steps in e2e/test_train_e2e.py; a full disk and
+    "checkpoint saved" in checkpoints/test_durable_saves.py; sampling twice in
+    sample/test_sample_mode.py; folder_small on a CPU in e2e/test_folder_small.py; the
+    installed command in test_packaging.py."""
+    args, env, words = _issue_22_cases(tmp_path)[case]
+    with contextlib.ExitStack() as stack:
+        if env.get("STORAGE_EMULATOR_HOST") == "SILENT":
+            server = stack.enter_context(_silent_server())
+            env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{server.getsockname()[1]}"}
+        start = time.monotonic()
+        proc = run_launch(args, env_extra=env, timeout=120)
+        seconds = time.monotonic() - start
+    assert_one_line_error(proc, *words)
+    assert "_sd_jax_config_check" not in proc.stderr and "cli.py" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+    assert seconds < 60  # A bucket that cannot be reached: seconds, not minutes of retries.
+
+
+def test_empty_workdir_is_refused_and_nothing_is_written(tmp_path):
+    # `--workdir=$WORKDIR` with WORKDIR unset: it used to train into the current directory.
+    args = [a.replace("configs/", f"{REPO}/configs/") for a in config_args(tiny_config())]
+    for mode in ("train", "sample", "eval"):
+        proc = subprocess.run([sys.executable, str(REPO / "launch.py"), *args, "--workdir=",
+                               f"--mode={mode}"], cwd=tmp_path, env=child_env(1),
+                              capture_output=True, text=True, timeout=300)
+        assert_one_line_error(proc, "--workdir is empty", f"--mode={mode}")
+    assert not list(tmp_path.iterdir())

@@ -123,6 +123,35 @@ def test_pip_install_gives_the_sd_jax_command(tmp_path):
                "--config.train.bogus=1", f"--workdir={tmp_path / 'run'}"])
     assert bad.returncode == 1 and bad.stderr.startswith("error: unknown config key 'bogus'")
 
+    # From outside the repository, a shipped config by name or by the README's path; and a
+    # config file of one's own that builds on a shipped one.
+    (tmp_path / "mine.py").write_text(
+        "from sd_jax.configs import quickstart\n\n\ndef get_config():\n"
+        "    c = quickstart.get_config()\n    c.model.transformer_depth = 1\n    return c\n")
+    for config in ("quickstart", "configs/quickstart.py", str(tmp_path / "mine.py")):
+        named = run([str(venv / "bin" / "sd-jax"), f"--config={config}", "--mode=inspect"])
+        assert named.returncode == 0, named.stderr[-3000:]
+        assert json.loads(named.stdout.strip().splitlines()[-1])["params"] > 0
+    missing = run([str(venv / "bin" / "sd-jax"), "--config=quickstrat", "--mode=inspect"])
+    assert missing.returncode == 1 and "quickstart" in missing.stderr, missing.stderr
+    # Installed inside the package, never as a top-level `configs` package.
+    where = run([str(venv / "bin" / "python"), "-c", "import importlib.util as u, sd_jax.configs;"
+                 " print(sd_jax.configs.__file__, u.find_spec('configs'))"])
+    package_file, top_level = where.stdout.split()
+    assert Path(package_file).parent.parent.name == "sd_jax" and top_level == "None", where.stdout
+
+
+def test_the_package_list_holds_every_package():
+    """pyproject.toml lists the packages (it maps configs/ to sd_jax.configs): every folder of
+    sd_jax with an __init__.py must be there, or `pip install .` would leave it out."""
+    import tomllib
+
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "sd_jax").rglob(
+        "__init__.py")}
+    assert set(listed["packages"]) == found | {"sd_jax.configs"}
+    assert listed["package-dir"] == {"sd_jax.configs": "configs"}
+
 
 def test_ci_runs_the_readme_test_command():
     readme = (REPO / "README.md").read_text()

@@ -1,5 +1,5 @@
-"""`config_validation.validate`: every shipped config passes, each bad field is one line, and the
-CLI stops before any work (in-process; budget: ~5 s)."""
+"""`config_validation.validate`: every shipped config passes, each bad field is one line, a field
+the run would ignore is refused, and the CLI stops before any work (in-process; budget: ~5 s)."""
 
 import importlib
 from pathlib import Path
@@ -38,6 +38,39 @@ BAD = [  # (config path, value, words the one-line error must contain)
     ("mesh.data", 0, ["config.mesh.data=0", "-1"]),
     ("mesh.fsdp", -2, ["config.mesh.fsdp=-2"]),
     ("mesh.fsdp", -1, ["at most one"]),  # data is -1 already.
+    # Issue 22: these raised a ZeroDivisionError / TypeError deep in the model or the loader.
+    ("model.image_size", 0, ["config.model.image_size=0", "> 0"]),
+    ("model.num_heads", 0, ["config.model.num_heads=0", "> 0"]),
+    ("model.base_channels", 0, ["config.model.base_channels=0"]),
+    ("model.emb_dim", 0, ["config.model.emb_dim=0"]),
+    ("model.mlp_ratio", 0, ["config.model.mlp_ratio=0"]),
+    ("model.image_channels", 0, ["config.model.image_channels=0"]),
+    ("model.channel_multipliers", (0, 2), ["config.model.channel_multipliers=(0, 2)"]),
+    ("seed", -1, ["config.seed=-1", ">= 0"]),
+    ("seed", 2**32, ["config.seed=4294967296", "below 2**32"]),
+]
+
+# A field given on the command line that this run would not read: (config changes, paths given
+# on the command line, mode, words the one-line error must contain).
+IGNORED = [
+    ({"data.folder": "/my/images"}, ("data.folder",), "train",
+     ["config.data.folder='/my/images' would be ignored", "only data.source='folder'"]),
+    ({"eval.reference_npz": "/ref.npz"}, ("eval.reference_npz",), "eval",
+     ["config.eval.reference_npz", "Inception metrics"]),
+    ({"data.data_dir": "/tfds"}, ("data.data_dir",), "train",
+     ["config.data.data_dir", "data.source='tfds'"]),
+    ({"eval.samples_npz": "/s.npz"}, ("eval.samples_npz",), "sample",
+     ["config.eval.samples_npz", "--mode=eval"]),
+    ({"model.num_classes": 0, "sample.guidance_scale": 1.0}, ("sample.labels",), "sample",
+     ["config.sample.labels='0,1,2,3,4,5,6,7,8,9'", "class-conditional"]),
+    ({"diffusion.schedule": "cosine"}, ("diffusion.noise_d",), "train",
+     ["config.diffusion.noise_d=32", "diffusion.schedule='shifted_cosine'"]),
+    ({"data.name": "cifar10"}, ("data.name",), "train", ["config.data.name", "tfds"]),
+    ({"sample.guidance_scale": 1.0}, ("sample.guidance_logsnr_max",), "sample",
+     ["sample.guidance_logsnr_max", "guidance"]),
+    ({}, ("model.patch_size",), "train", ["config.model.patch_size=4", "'patch' or 'conv'"]),
+    ({}, ("model.attention_resolutions",), "train", ["model.attention_resolutions", "unet"]),
+    ({}, ("plan.device_memory_gb",), "train", ["config.plan.device_memory_gb", "--mode=plan"]),
 ]
 
 
@@ -56,6 +89,35 @@ def test_bad_field_is_one_line_naming_it(path, value, words):
     assert "\n" not in message
     for word in words:
         assert word in message, message
+
+
+@pytest.mark.parametrize("changes,given,mode,words", IGNORED,
+                         ids=[",".join([*c, *g]) for c, g, _, _ in IGNORED])
+def test_a_field_the_run_would_ignore_is_refused_naming_what_reads_it(changes, given, mode,
+                                                                      words):
+    with pytest.raises(UserError) as e:
+        config_validation.validate(tiny_config(**changes), mode, given)
+    message = str(e.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_fields_that_apply_or_come_from_the_config_file_pass():
+    # quickstart.py sets noise_d=32 and class labels: a run that only switches the schedule, or
+    # trains unconditionally, keeps its file.
+    config_validation.validate(tiny_config(**{"diffusion.schedule": "cosine"}), "train",
+                               ("diffusion.schedule",))
+    unconditional = tiny_config(**{"model.num_classes": 0, "sample.guidance_scale": 1.0})
+    config_validation.validate(unconditional, "sample", ("model.num_classes",))
+    folder = tiny_config(**{"data.source": "folder", "data.folder": "/my/images"})
+    config_validation.validate(folder, "train", ("data.folder", "data.source"))
+    inception = tiny_config(**{"eval.reference_npz": "/ref.npz",
+                               "eval.inception_weights": "/inception.npz"})
+    config_validation.validate(inception, "eval", ("eval.reference_npz",))
+    config_validation.validate(tiny_config(), "plan", ("plan.devices", "plan.show"))
+    config_validation.validate(tiny_config(**{"eval.samples_npz": "/s.npz"}), "eval",
+                               ("eval.samples_npz",))
 
 
 def test_attention_backend_limits_name_the_head_dim():
@@ -91,7 +153,8 @@ def test_bad_sample_labels_fail_in_sample_mode():
 
 
 @pytest.mark.parametrize("path,value", [("model.dtype", "float8"),
-                                        ("train.checkpoint_every", 0), ("train.num_steps", 0)])
+                                        ("train.checkpoint_every", 0), ("train.num_steps", 0),
+                                        ("model.image_size", 0), ("seed", -1)])
 def test_cli_prints_one_line_and_exits_1_before_any_work(tmp_path, capsys, path, value):
     with pytest.raises(SystemExit) as e:
         main.run_cli(tiny_config(**{path: value}), str(tmp_path / "run"), "train")

@@ -58,6 +58,16 @@ def run_launch(args: list[str], num_devices: int = 1, timeout: float = 600,
     )
 
 
+def start_launch(args: list[str], num_devices: int = 1, env_extra: dict[str, str] | None = None,
+                 stderr: int = subprocess.PIPE) -> subprocess.Popen:
+    """`python launch.py ARGS` started in the background with its stdout piped (text), for a
+    run to be signalled mid-way (SIGTERM, SIGKILL, SIGSTOP) when a line appears."""
+    env = child_env(num_devices)
+    env.update(env_extra or {})
+    return subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
 def tiny_config(**overrides):
     """configs/quickstart.py shrunk to a model that compiles and steps in seconds on CPU.
 

@@ -9,7 +9,7 @@ are a real part of a step, small enough that a step takes seconds on a 2-core CP
 
 import ml_collections
 
-from configs import imagenet64
+from sd_jax.configs import imagenet64
 
 
 def get_config() -> ml_collections.ConfigDict:

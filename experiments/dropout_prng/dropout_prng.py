@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from configs import quickstart
     from sd_jax import models
+    from sd_jax.configs import quickstart
     from sd_jax.models.init import init_params
 
     mesh = Mesh(np.asarray(jax.devices()), ("batch",))

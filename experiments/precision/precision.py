@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def model_config(depth: int, width: int, dtype: str):
-    from configs import base
+    from sd_jax.configs import base
 
     m = base.get_config().model
     m.image_size, m.input_transform, m.base_channels = 32, "none", width // 4

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging as py_logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -49,6 +51,43 @@ def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
 
 class DamagedCheckpoint(Exception):
     """A checkpoint that cannot be read back as it was saved (the message says why)."""
+
+
+class _QuietOrbaxFailures(py_logging.Filter):
+    """Drops the tracebacks of a failed background save: orbax logs one per thread that saw the
+    failure, and asyncio one per abandoned write at exit (~300 lines for a full disk), where
+    `Checkpointer` reports the failure in one line. Only records carrying an exception raised
+    through orbax's code (or about its temporary directory) are dropped, and none at
+    --verbosity=0 (INFO) or more."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        if not record.exc_info or py_logging.getLogger().getEffectiveLevel() <= py_logging.INFO:
+            return True
+        frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info[2] else []
+        through_orbax = any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
+        return not (through_orbax or ".orbax-checkpoint-tmp" in str(record.exc_info[1]))
+
+
+_QUIET = _QuietOrbaxFailures()
+
+
+def _quiet_orbax_failures() -> None:
+    """Installs `_QuietOrbaxFailures` for the rest of the process (asyncio logs at exit):
+    on absl's logger, which orbax logs through, and on asyncio's."""
+    for logger in (logging.get_absl_logger(), py_logging.getLogger("asyncio")):
+        if _QUIET not in logger.filters:
+            logger.addFilter(_QUIET)
+
+
+def _save_cause(error: BaseException) -> str:
+    """Why a save failed, short: the OS's words when TensorStore names an OS error (its message
+    otherwise repeats the temporary paths), else the innermost message (`_first_line`)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    code = re.search(r"os_error_code='(\d+)'", str(error))
+    return os.strerror(int(code.group(1))) if code else _first_line(error)
 
 
 def _first_line(error: BaseException, limit: int = 240) -> str:
@@ -109,6 +148,9 @@ class Checkpointer:
             read_only=read_only,
         )
         self.directory, self.read_only = checkpoint_dir(workdir), read_only
+        self.pending: int | None = None  # The step of a save started and not yet committed.
+        if not read_only:
+            _quiet_orbax_failures()
         self.manager = ocp.CheckpointManager(
             self.directory, item_names=("state", "meta"), options=options
         )
@@ -118,20 +160,58 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Starts an async save (returns once arrays are copied off the devices).
+        """Starts an async save (returns once arrays are copied off the devices); `poll` or
+        `wait` says when it is committed. Raises UserError if it (or the save before it) fails.
 
         The checksums are computed on the devices from `state` itself, before the save starts.
         """
         if step in self.manager.all_steps():
             return
+        self.wait()  # The previous save first: its failure is reported as its own.
         meta = {**meta, "checksums": integrity.fingerprints(state)}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
+        self.pending = step
+        with self._failures():
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+
+    def poll(self) -> int | None:
+        """The step of the save committed since the last call, if any; never blocks. Raises
+        UserError if that save failed."""
+        if self.pending is None or self.manager.is_saving_in_progress():
+            return None
+        return self.wait()
+
+    def wait(self) -> int | None:
+        """Blocks until the save in flight is committed (final on disk or in the bucket) and
+        returns its step (None if there was none). Raises UserError if it failed; orbax then
+        leaves only its temporary directory, and the checkpoints before it as they were."""
+        step = self.pending
+        with self._failures():
+            self.manager.wait_until_finished()
+        self.pending = None
+        return step
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        """A failed save (full disk, no permission, a bucket error) -> one UserError line naming
+        the step, the directory and the cause."""
+        try:
+            yield
+        except UserError:
+            raise
+        except Exception as e:  # Orbax and TensorStore raise many types (ValueError, OSError).
+            step, self.pending = self.pending, None
+            latest = self.manager.latest_step()
+            kept = f"step {latest}" if latest is not None else "none yet"
+            raise UserError(
+                f"saving the checkpoint of step {step} in {self.directory} failed: "
+                f"{_save_cause(e)}; training stopped. The newest complete checkpoint ({kept}) "
+                "is untouched: free space or fix access, then rerun to resume from it") from e
 
     def restore(self, target: Any, step: int | None = None,
                 model_cfg: ml_collections.ConfigDict | None = None, partial: bool = False
@@ -235,13 +315,11 @@ class Checkpointer:
         jax.distributed."""
         return self.manager.reached_preemption(step)
 
-    def wait(self) -> None:
-        """Blocks until in-flight async saves are committed."""
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
-        """Waits for saves and releases the manager."""
-        self.manager.close()
+        """Waits for a save in flight (UserError if it fails, as `wait`) and releases the
+        manager."""
+        with self._failures():
+            self.manager.close()
 
 
 def data_meta(step: int, config: ml_collections.ConfigDict) -> dict[str, Any]:

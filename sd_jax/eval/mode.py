@@ -28,7 +28,7 @@ from etils import epath
 from sd_jax.checkpoints import integrity
 from sd_jax.errors import UserError
 from sd_jax.eval import digits_eval, fid, inception
-from sd_jax.io import npz, paths
+from sd_jax.io import lock, npz, paths
 
 REF_BATCH_HELP = (
     "Download the ADM reference batch for your dataset (e.g. VIRTUAL_imagenet512.npz, "
@@ -171,6 +171,22 @@ def write_results(workdir: str | os.PathLike, name: str | None, results: dict,
     paths.append_text(workdir / "metrics.jsonl", json.dumps(line) + "\n")
 
 
+def metrics_step(workdir: str | os.PathLike, step: int | None, name: str) -> int | None:
+    """The step to log eval's metrics.jsonl line at, or None (no line, with a note) while a
+    training holds the workdir in a bucket. Eval takes no lock: it reads, and writes its own
+    eval_<name>.json; locally its line is appended (one write), but in a bucket an append
+    rewrites the object, as the training does at each checkpoint, so one of them could be lost."""
+    training = None
+    if step is not None and paths.is_uri(workdir):
+        training = lock.holder(paths.as_path(workdir) / lock.TRAIN_LOCK)
+    if training is None:
+        return step
+    if jax.process_index() == 0:
+        print(f"note: not adding to metrics.jsonl, which {lock.describe(training)} rewrites; the "
+              f"results are in eval_{name}.json", flush=True)
+    return None
+
+
 def inception_metrics(config: ml_collections.ConfigDict, samples_path: epath.Path) -> dict:
     """FID / sFID / IS of the samples against `config.eval.reference_npz`."""
     extract_fn, batch_size = build_extractor(config.eval)
@@ -199,7 +215,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                                 config.model.num_classes))
     results = {**meta, **results, "samples": str(samples_path),  # Measured values win.
                "seconds": round(time.time() - start, 1)}
-    write_results(workdir, samples_path.stem, results, meta.get("step"))
+    write_results(workdir, samples_path.stem, results,
+                  metrics_step(workdir, meta.get("step"), samples_path.stem))
     if jax.process_index() == 0:
         shown = ", ".join(f"{k}={results[k]:.4g}" for k in SHOWN_KEYS if k in results)
         print(f"eval {samples_path.name} ({results['num_samples']} images): {shown}", flush=True)

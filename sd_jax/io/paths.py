@@ -24,6 +24,9 @@ import contextlib
 import functools
 import os
 import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from typing import IO
 
@@ -57,6 +60,30 @@ def _check_scheme(scheme: str) -> None:
     # listing would show orbax steps that are gone and hide new ones. Set before epath builds
     # its client, which happens at the first gs:// operation, after this check.
     fsspec.config.conf.setdefault(scheme, {}).setdefault("use_listings_cache", False)
+
+
+PROBE_TIMEOUT_S = 4.0  # The first request to a bucket's endpoint; a live one answers in < 1 s.
+
+
+def check_reachable(path: str | os.PathLike, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """UserError (one line) unless the storage endpoint of the gs:// `path` answers one HTTP
+    request within `timeout` seconds. Any answer counts (401 or 403 without credentials, 404 for
+    a missing bucket): this tells an unreachable endpoint (no network, a firewall, a proxy that
+    never answers) from one that says no, before a client library retries for a minute.
+    The endpoint is the one gcsfs uses: `STORAGE_EMULATOR_HOST`, else storage.googleapis.com."""
+    text = os.fspath(as_path(path))  # First: an unsupported scheme or a missing gcsfs.
+    bucket = text.split("://", 1)[1].split("/", 1)[0]
+    endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+    endpoint = endpoint if "://" in endpoint else f"http://{endpoint}"
+    url = f"{endpoint.rstrip('/')}/storage/v1/b/{urllib.parse.quote(bucket)}?fields=name"
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError:  # The endpoint answered.
+        return
+    except (OSError, ValueError) as e:  # URLError, a timeout, a refused connection, a bad URL.
+        reason = " ".join(str(getattr(e, "reason", e) or type(e).__name__).split())
+        raise UserError(f"{text}: no answer from {endpoint} within {timeout:g} s ({reason}); "
+                        "check the network (and any proxy), or use a local --workdir") from None
 
 
 def as_path(path: str | os.PathLike) -> epath.Path:

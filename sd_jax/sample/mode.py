@@ -8,7 +8,9 @@ whose peak is known, hours).
 
 Writes <workdir>/samples/<name>.npz (`arr_0` uint8 NHWC, `arr_1` int labels when the model is
 class-conditional; streamed, so 50k x 512^2 never sits in host memory), <name>.png (a grid of the
-first images) and <name>.json (step, sampler settings). The .npz path is the last stdout line.
+first images) and <name>.json (every setting that decides the images: `settings`). The name
+encodes them (`samples_name`), so sampling again with any of them changed writes a new file
+beside the old one. The .npz path is the last stdout line.
 Batch i uses the noise key `fold_in(fold_in(key(seed), SAMPLE_MODE_RNG), i)`, so the images depend
 on the seed and the batch size, not on the number of devices or processes (up to the order of
 float reductions), nor on the batches before: each batch is kept as a shard as soon as it is
@@ -31,13 +33,12 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sd_jax import sharding, specs
 from sd_jax.checkpoints import integrity
 from sd_jax.errors import UserError
-from sd_jax.io import images, npz, paths
+from sd_jax.io import images, lock, npz, paths
 from sd_jax.sample import cost, restore, shards
 from sd_jax.sample.generate import Sampler
 
@@ -95,10 +96,15 @@ def num_batches(config: ml_collections.ConfigDict) -> int:
 
 
 def samples_name(config: ml_collections.ConfigDict, step: int) -> str:
-    """File stem that tells runs apart: step, count, resolution, guidance, sampler, seed."""
+    """File stem that tells runs apart: the main settings readable (step, count x resolution,
+    EMA or raw params, sampler and steps, guidance scale, seed), then 8 hex digits of the hash
+    of every setting that changes the images (`settings`: labels, guidance interval, noise,
+    batch size, model...), so samples of other settings never overwrite each other."""
     s = config.sample
-    return (f"samples_step{step}_{s.num_samples}x{config.model.image_size}_gs{s.guidance_scale:g}"
-            f"_{s.sampler}{s.num_steps}_seed{config.seed}")
+    params = "ema" if s.use_ema else "raw"
+    digest = shards.settings_hash(settings(config, step))[:8]
+    return (f"samples_step{step}_{s.num_samples}x{config.model.image_size}_{params}_"
+            f"{s.sampler}{s.num_steps}_gs{s.guidance_scale:g}_seed{config.seed}_{digest}")
 
 
 def settings(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
@@ -113,13 +119,6 @@ def settings(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
             "model": integrity.model_record(config.model)}  # Eval refuses samples of another model.
 
 
-def _agree(value: int) -> int:
-    """Process 0's `value` on every process (it alone reads the working folder)."""
-    if jax.process_count() == 1:
-        return value
-    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
-
-
 def write_samples(params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int,
                   workdir: str | os.PathLike) -> epath.Path:
     """Samples `config.sample.num_samples` images into <workdir>/samples/<name>.{npz,png,json}
@@ -127,15 +126,26 @@ def write_samples(params: Any, config: ml_collections.ConfigDict, mesh: Mesh, st
 
     Each batch goes to a shard in the working folder (`shards`) as soon as it is drawn;
     when all exist, the .npz is assembled from them (streamed), published, and only then the
-    folder removed. Prints one line per batch with the rate and the time left.
+    folder removed. Prints one line per batch with the rate and the time left. Process 0 holds
+    `<name>.lock` meanwhile (`sd_jax.io.lock`).
     """
-    s, m = config.sample, config.model
     path = paths.as_path(workdir) / "samples" / f"{samples_name(config, step)}.npz"
+    primary = jax.process_index() == 0
+    if primary:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # One run per samples name: a second one with the same settings stops, naming this one.
+    with lock.hold(path.with_suffix(".lock"), "sample", primary, sharding.from_process_zero):
+        return _write_samples(params, config, mesh, step, path)
+
+
+def _write_samples(params: Any, config: ml_collections.ConfigDict, mesh: Mesh, step: int,
+                   path: epath.Path) -> epath.Path:
+    s, m = config.sample, config.model
     primary = jax.process_index() == 0
     labels = sample_labels(config, s.num_samples)  # Fail on bad labels before writing anything.
     meta = settings(config, step)
     folder, total = shards.ShardFolder(path, meta), num_batches(config)
-    start = _agree(folder.completed(total) if primary else 0)
+    start = sharding.from_process_zero(folder.completed(total) if primary else 0)
     batches = iter_samples(params, config, mesh, labels, start)  # Checks settings first.
     if primary:
         folder.open()

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 from typing import Any
 
 import jax
@@ -306,6 +307,41 @@ def format_plan(result: dict[str, Any]) -> str:
     else:
         lines.append("nothing fits: use more devices (or devices with more memory)")
     return "\n".join(lines)
+
+
+# Where to go when a config does not fit on a CPU, by data source.
+SMALLER_CONFIGS = {
+    "folder": "--config=configs/photos.py (your own images at 64 px, sized for a CPU)",
+    "digits": "--config=configs/quickstart.py (sized for a CPU)",
+}
+
+
+def host_memory_bytes() -> int:
+    """This machine's memory: physical, or a smaller cgroup (v2) limit of this container."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+    except OSError:
+        return physical
+    return min(physical, int(limit)) if limit.isdigit() else physical
+
+
+def check_fits_host(config: ml_collections.ConfigDict) -> None:
+    """On a CPU, a UserError (one line) when plan mode says training `config` needs more than
+    this machine's memory, naming a smaller config; on an accelerator, nothing (XLA reports its
+    own out-of-memory at the first step). Traces the step, allocates nothing."""
+    if jax.default_backend() != "cpu":
+        return
+    devices = jax.local_device_count()  # Fake CPU devices share the host's memory.
+    need = Planner(config, devices).bytes(current_layout(config, devices))["total"] * devices
+    have = host_memory_bytes()
+    if need > have:
+        instead = SMALLER_CONFIGS.get(config.data.source, "a smaller model or batch")
+        raise UserError(
+            f"training this config on this CPU needs about {need / GIB:.1f} GiB (--mode=plan), "
+            f"more than this machine's {have / GIB:.1f} GiB: use {instead}, or a GPU "
+            "(--mode=plan --config.plan.device_memory_gb=N lists the layouts that fit N GiB)")
 
 
 def run(config: ml_collections.ConfigDict) -> None:

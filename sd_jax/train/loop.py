@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from sd_jax import data, models, sharding
 from sd_jax.checkpoints import checkpointer
 from sd_jax.errors import UserError
-from sd_jax.io import paths
+from sd_jax.io import lock, paths
 from sd_jax.models.summary import parameter_table
 from sd_jax.train import periodic
 from sd_jax.train import state as train_state
@@ -93,16 +93,30 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     """Trains `config` in `workdir` (a local path or gs://), resuming from its newest checkpoint.
     Returns the final state.
 
-    Saves every `train.checkpoint_every` steps, at the end, on SIGTERM/SIGINT and at JAX's
-    preemption sync point; logs every `train.log_every` steps; samples EMA grids every
-    `train.sample_every` steps.
+    Holds `<workdir>/train.lock` (process 0) while it runs, so a second training of the same
+    workdir stops with one line naming this one. Saves every `train.checkpoint_every` steps, at
+    the end, on SIGTERM/SIGINT and at JAX's preemption sync point, and says "checkpoint N saved"
+    only once that save is committed; a failed save stops training with one line. Logs every
+    `train.log_every` steps; samples EMA grids every `train.sample_every` steps.
     """
     workdir = paths.as_path(workdir)
+    primary = jax.process_index() == 0
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+    with lock.hold(workdir / lock.TRAIN_LOCK, "train", primary, sharding.from_process_zero):
+        return _train(config, workdir)
+
+
+def _report_saved(step: int | None, ckpt: checkpointer.Checkpointer, note: str = "") -> None:
+    """One line once the save of `step` is committed (process 0)."""
+    if step is not None and jax.process_index() == 0:
+        print(f"{note}checkpoint {step} saved: {ckpt.directory / str(step)}", flush=True)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> train_state.TrainState:
     t = config.train
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch_divisible(t.batch_size, mesh)
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
     periodic.check_config(config)  # Fails fast on missing FID weights / reference.
     profiler = make_profiler(t, workdir)  # Fails fast on bad steps; starts nothing.
     loader = data.build_loader(config)
@@ -115,6 +129,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
         ckpt.close()
         loader.close()
         raise
+    if start >= t.num_steps:
+        ckpt.close()
+        loader.close()
+        if jax.process_index() == 0:
+            print(f"nothing to train: {workdir} holds step {start}, at or past "
+                  f"train.num_steps={t.num_steps}; raise --config.train.num_steps to train on",
+                  flush=True)
+        return state
     if jax.process_index() == 0:
         print(parameter_table(state.params), flush=True)
     step_fn = make_train_step(model, tx, config, mesh, shardings)
@@ -134,6 +156,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
         if not bool(_all_finite(state.params)):
             raise UserError(f"parameters are NaN/Inf after step {step}; not saving them: "
                             f"{divergence_advice(step, resumed)}")
+        _report_saved(ckpt.wait(), ckpt)  # The save before this one is committed first.
         ckpt.save(step, state, checkpointer.data_meta(step, config))
         logger.flush()  # In a bucket, metrics.jsonl then holds every step up to the checkpoint.
 
@@ -142,6 +165,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
             state, metrics = step_fn(state, sharding.global_batch(batch, mesh), train_rng)
             step = index + 1  # Steps done, as in checkpoints and metrics.jsonl.
             lagged.push(step, metrics)
+            _report_saved(ckpt.poll(), ckpt)  # A failed save stops here, one step after it.
             if profiler is not None:
                 profiler(step)
             # Asked every step on every process (the sync point is agreed on by step number).
@@ -156,9 +180,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike
             periodic.maybe_fid(step, state.ema_params, config, mesh, workdir)
             if stopping:
                 why = "by signal" if signalled else "at the preemption sync point"
-                print(f"stopped {why} at step {step}; checkpoint saved", flush=True)
+                ckpt.wait()  # save(step) ran above (or found that step saved already).
+                _report_saved(step, ckpt, f"stopped {why} at step {step}; ")
                 break
         lagged.flush()
+        _report_saved(ckpt.wait(), ckpt)
     finally:
         if profiler is not None:
             profiler.close()

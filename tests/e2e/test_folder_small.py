@@ -1,7 +1,10 @@
 """configs/folder_small.py, the own-images recipe: a 10-50M-parameter U-ViT that validates and
-reads a folder; and a real training run on a folder through launch.py with grain workers.
+reads a folder; a real training run on a folder through launch.py with grain workers; and on a
+CPU without the memory plan mode says it needs, a refusal before any work naming the smaller
+config.
 
-Budget: ~5 s for the config (eval_shape of the 30M model) and ~40 s for the training run.
+Budget: ~5 s for the config (eval_shape of the 30M model), ~40 s for the training run, ~15 s
+for the refusal (plan mode traces the 30M model's step).
 """
 
 import json
@@ -11,10 +14,12 @@ import numpy as np
 import pytest
 from clu.parameter_overview import count_parameters
 from PIL import Image
-from utils import FAST_COMPILE, config_args, run_launch, tiny_config
+from utils import FAST_COMPILE, assert_one_line_error, config_args, run_launch, tiny_config
 
 from configs import folder_small
 from sd_jax.data import build_loader
+from sd_jax.errors import UserError
+from sd_jax.tools import plan
 from sd_jax.tools.inspect import param_shapes
 from sd_jax.validate import validate
 
@@ -72,3 +77,28 @@ def test_training_on_a_folder_with_worker_processes(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in records)
     assert (tmp_path / "run" / "checkpoints" / "3").is_dir()
+
+
+def test_a_config_too_big_for_this_cpu_is_refused_naming_a_smaller_one(monkeypatch):
+    config = tiny_config()
+    need = plan.Planner(config, 1).bytes(plan.current_layout(config, 1))["total"]
+    monkeypatch.setattr(plan, "host_memory_bytes", lambda: need)
+    plan.check_fits_host(config)  # Exactly enough.
+    monkeypatch.setattr(plan, "host_memory_bytes", lambda: need - 1)
+    with pytest.raises(UserError, match=r"needs about .* GiB \(--mode=plan\), more than this "
+                       r"machine's .* GiB: use --config=configs/quickstart.py \(sized for a CPU\)"):
+        plan.check_fits_host(config)
+    config.data.source, config.data.folder = "folder", "/my/images"
+    with pytest.raises(UserError, match=r"use --config=configs/photos.py \(your own images"):
+        plan.check_fits_host(config)
+
+
+@pytest.mark.slow
+def test_folder_small_on_a_cpu_refuses_to_start_naming_the_smaller_config(tmp_path):
+    # At batch 4096 plan mode asks ~850 GiB, more than any CPU machine running the tests; at its
+    # own 128 it asks 26.6 GiB (the docstring), more than the 23.5 GiB VM this was written on.
+    proc = run_launch(["--config=configs/folder_small.py", f"--workdir={tmp_path / 'run'}",
+                       f"--config.data.folder={tmp_path}", "--config.train.batch_size=4096"])
+    assert_one_line_error(proc, "training this config on this CPU needs about",
+                          "use --config=configs/photos.py (your own images at 64 px")
+    assert not (tmp_path / "run").exists()  # Before any work.

@@ -127,6 +127,10 @@ assert np.array_equal(np.concatenate(list(npz_io.iter_rows(path, batch_rows=5)))
 assert json.loads(path.with_suffix(".json").read_text())["step"] == 6
 evaluate.write_results(W + "/resumed", path.stem, {"fid": 1.5, "num_samples": 12}, 6)
 assert losses(W + "/resumed") == resumed  # The eval line was appended, nothing lost.
+from sd_jax.io import lock
+with lock.WorkdirLock(W + "/resumed/train.lock", "train"):  # As if a training were running.
+    assert evaluate.metrics_step(W + "/resumed", 6, path.stem) is None  # It rewrites the file.
+assert evaluate.metrics_step(W + "/resumed", 6, path.stem) == 6
 print("SAMPLES", path.stem)
 """
 
@@ -134,11 +138,14 @@ print("SAMPLES", path.stem)
 @pytest.mark.slow
 def test_train_resume_sample_in_a_bucket(gcs, tmp_path_factory):
     """train -> checkpoint -> exact resume (bitwise) -> sample, crashed and resumed from its
-    shards -> .npz, all in gs://."""
+    shards -> .npz, all in gs://; no lock object left; eval's metrics.jsonl line left out
+    while a training holds the bucket workdir."""
     out = run_in_bucket(END_TO_END, gcs, jax_cache_dir(tmp_path_factory))
     stem = out.split("SAMPLES ")[1].split()[0]
     assert f"resuming from gs://test-bucket/run/resumed/samples/{stem}.shards-" in out, out
+    assert "note: not adding to metrics.jsonl, which a train run (pid " in out
     names = object_names(gcs, BUCKET, "run/")
+    assert not [n for n in names if n.endswith(".lock")], names  # Train and sample released.
     for run in ("straight", "resumed"):
         for step in (3, 6):
             assert f"run/{run}/checkpoints/{step}/state/_METADATA" in names, names

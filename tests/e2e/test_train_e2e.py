@@ -1,6 +1,7 @@
 """End-to-end training on fake CPU devices: exact resume, 1 vs 8 devices (data / FSDP), sample
 grids, restore across device counts, two processes as one job, SIGTERM and JAX's preemption
-sync point (one process and two), NaN.
+sync point (one process and two), NaN, a second training of one workdir, a resume past
+train.num_steps.
 
 All children share one persistent compilation cache, so a program compiled once (the 1-device
 train step, say) is not compiled again by the resumed or preempted runs.
@@ -19,6 +20,7 @@ from PIL import Image
 from utils import (
     PRELUDE,
     REPO,
+    assert_one_line_error,
     check,
     child_env,
     config_args,
@@ -27,6 +29,7 @@ from utils import (
     jax_cache_dir,
     run_launch,
     run_python,
+    start_launch,
     tiny_config,
 )
 
@@ -102,7 +105,7 @@ def test_preemption_sync_point_saves_stops_and_resumes_exactly(one_device_runs, 
     asked = json.loads(one_device_runs.split("ASKED ")[1].splitlines()[0])
     # Asked after every step until it said stop (orbax asks again while saving that step).
     assert asked[:2] == [1, 2] and set(asked) == {1, 2}, asked
-    assert "stopped at the preemption sync point at step 2; checkpoint saved" in one_device_runs
+    assert "stopped at the preemption sync point at step 2; checkpoint 2 saved: " in one_device_runs
     assert steps_on_disk(workdir / "sync_point") == [2, 3, 6]
     assert losses(workdir / "sync_point") == losses(workdir / "straight")  # Bitwise.
 
@@ -219,10 +222,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_sync_point(workdir, c
 def test_sigterm_saves_and_restart_continues(one_device_runs, workdir, cache_dir):
     path = workdir / "preempted"
     long_run = tiny_config(**{"train.num_steps": 100_000, "train.checkpoint_every": 100_000})
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "launch.py"), *config_args(long_run), f"--workdir={path}"],
-        cwd=REPO, env=child_env(1) | fast_env(cache_dir, 1), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    proc = start_launch([*config_args(long_run), f"--workdir={path}"],
+                        env_extra=fast_env(cache_dir, 1))
     for line in proc.stdout:
         if line.startswith("step 3:"):
             proc.send_signal(signal.SIGTERM)
@@ -243,9 +244,9 @@ PYTHON_INFO = re.compile(r"^I\d{4} [\d:.]+ +\d+ \S+\.py:\d+\]", re.MULTILINE)  #
 
 
 def test_launch_is_quiet_one_line_per_log_step_and_profiles(workdir, cache_dir):
-    """Default: stdout is the devices line, the parameter table and one line per log step; no
-    Python INFO log line. A profiler trace of the configured steps. --verbosity=1: orbax's INFO
-    lines (its checkpoint manager's) appear."""
+    """Default: stdout is the devices line, the parameter table, one line per log step and one
+    per committed checkpoint; no Python INFO log line. A profiler trace of the configured steps.
+    --verbosity=1: orbax's INFO lines (its checkpoint manager's) appear."""
     path = workdir / "quiet"
     cfg = tiny_config(**{"train.num_steps": 4, "train.log_every": 2, "train.checkpoint_every": 2,
                          "train.profile_start_step": 1, "train.profile_num_steps": 2,
@@ -256,8 +257,11 @@ def test_launch_is_quiet_one_line_per_log_step_and_profiles(workdir, cache_dir):
     table = [line for line in lines if line[:1] in "+|"]
     assert lines[0] == "process 0/1: 1 local cpu devices of 1"
     assert lines[1:1 + len(table)] == table and "| total" in table[-2], lines
-    steps = lines[1 + len(table):]
+    rest = lines[1 + len(table):]
+    steps = [line for line in rest if not line.startswith("checkpoint ")]
     assert [line.split(":")[0] for line in steps] == ["step 2", "step 4"], lines
+    saved = [line for line in rest if line.startswith("checkpoint ")]  # When committed.
+    assert saved == [f"checkpoint {n} saved: {path / 'checkpoints' / str(n)}" for n in (2, 4)]
     assert "100.0% (4/4), ETA: 0m" in steps[1]  # clu's ReportProgress note.
     assert not PYTHON_INFO.search(proc.stderr), proc.stderr[-3000:]
     assert list((path / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))
@@ -278,3 +282,40 @@ def test_launch_is_quiet_one_line_per_log_step_and_profiles(workdir, cache_dir):
     assert "resuming from step 4" in check(proc)
     orbax = [m for m in PYTHON_INFO.finditer(proc.stderr) if "checkpoint_manager.py" in m[0]]
     assert orbax, proc.stderr[-3000:]
+
+
+def test_resuming_at_or_past_num_steps_says_so_and_exits_0(one_device_runs, workdir, cache_dir):
+    path = workdir / "straight"  # Trained to step 6.
+    before = (path / "metrics.jsonl").read_text()
+    cfg = tiny_config(**{"train.num_steps": 2})
+    proc = run_launch([*config_args(cfg), f"--workdir={path}"], 1,
+                      env_extra=fast_env(cache_dir, 1))
+    last = check(proc).strip().splitlines()[-1]
+    assert last == (f"nothing to train: {path} holds step 6, at or past train.num_steps=2; "
+                    "raise --config.train.num_steps to train on"), last
+    assert (path / "metrics.jsonl").read_text() == before and steps_on_disk(path) == [3, 6]
+
+
+def test_a_second_training_of_a_workdir_is_refused_and_a_killed_ones_lock_taken_over(
+        workdir, cache_dir):
+    path = workdir / "locked"
+    long_run = tiny_config(**{"train.num_steps": 100_000, "train.checkpoint_every": 100_000})
+    first = start_launch([*config_args(long_run), f"--workdir={path}"],
+                         env_extra=fast_env(cache_dir, 1), stderr=subprocess.DEVNULL)
+    try:
+        for line in first.stdout:
+            if line.startswith("step 2:"):
+                break
+        second = run_launch([*config_args(tiny_config()), f"--workdir={path}"], 1,
+                            env_extra=fast_env(cache_dir, 1))
+    finally:
+        first.kill()  # SIGKILL: the lock file stays behind, as after a crash.
+        first.communicate()
+    assert_one_line_error(second, f"{path} is in use by a train run (pid {first.pid} on ")
+    assert (path / "train.lock").exists()
+    third = run_launch([*config_args(tiny_config(**{"train.num_steps": 2})), f"--workdir={path}"],
+                       1, env_extra=fast_env(cache_dir, 1))
+    assert "step 2: loss" in check(third)
+    assert third.stderr.startswith(f"warning: taking over {path / 'train.lock'} from a train "
+                                   f"run (pid {first.pid} on "), third.stderr[:2000]
+    assert not (path / "train.lock").exists()  # Released at the end.

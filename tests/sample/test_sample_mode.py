@@ -99,6 +99,25 @@ def test_sample_mode_adm_npz_deterministic_across_device_counts(workdir, one_dev
     np.testing.assert_array_equal(eight["arr_1"], first["arr_1"])
 
 
+def test_sampling_again_with_one_setting_changed_keeps_both_files(workdir, one_device, cache):
+    """The raw params instead of the EMA: another file beside the first, which is untouched;
+    the sidecars differ in that setting alone."""
+    first, arrays = one_device
+    proc = run_launch([*SAMPLE, "--config.sample.use_ema=False", f"--workdir={workdir}"],
+                      env_extra=fast_env(cache, 1))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = Path(proc.stdout.strip().splitlines()[-1])
+    assert second.parent == first.parent and second != first
+    assert "_ema_" in first.name and "_raw_" in second.name
+    with np.load(first, allow_pickle=False) as npz:  # The first run's file, as it wrote it.
+        np.testing.assert_array_equal(npz["arr_0"], arrays["arr_0"])
+    with np.load(second, allow_pickle=False) as npz:
+        assert not np.array_equal(npz["arr_0"], arrays["arr_0"])
+    a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (first, second))
+    assert {k for k in a if a[k] != b[k]} == {"use_ema"} and b["use_ema"] is False
+    assert not list(first.parent.glob("*.lock"))  # Each run released its samples lock.
+
+
 def test_two_processes_sample_and_resume_as_one_job(workdir, one_device, cache, tmp_path):
     """Two processes with 2 devices each on a copy of the run whose working folder already holds
     batch 1 (the 1-device run's): process 0 reads the folder and tells the other, both draw only
@@ -219,6 +238,23 @@ def test_changed_settings_never_resume_other_shards():
     for field, value in changes.items():
         seen.add(folder(tiny_config(**{field: value})))
     assert len(seen) == len(changes) + 2
+
+
+def test_samples_name_tells_every_setting_apart():
+    """Every setting that changes the images changes the file name (its readable part or the
+    hash of all of them), so no sampling run overwrites another's .npz."""
+    config = tiny_config()
+    assert sample_mode.samples_name(config, 6) == sample_mode.samples_name(tiny_config(), 6)
+    assert sample_mode.samples_name(config, 6).startswith("samples_step6_8x8_ema_ddpm4_gs3_seed0_")
+    changes = {"sample.noise_param": 0.5, "sample.guidance_logsnr_min": -3.0,
+               "sample.guidance_logsnr_max": 3.0, "sample.guidance_scale": 1.5,
+               "sample.num_steps": 8, "sample.sampler": "ddim", "sample.batch_size": 16,
+               "sample.labels": "1,2", "sample.use_ema": False, "sample.num_samples": 16,
+               "seed": 1, "diffusion.noise_d": 16, "model.num_heads": 4}
+    names = {sample_mode.samples_name(config, 6), sample_mode.samples_name(config, 7)}
+    for field, value in changes.items():
+        names.add(sample_mode.samples_name(tiny_config(**{field: value}), 6))
+    assert len(names) == len(changes) + 2
 
 
 def test_sampling_restores_only_the_params(workdir, monkeypatch):
