@@ -23,9 +23,9 @@ from configs import photos
 def get_config() -> ml_collections.ConfigDict:
     """Returns the CPU own-folder config."""
     c = photos.get_config("64")
-    c.train.num_steps = 1_500  # Choice: a few minutes on 2 idle CPU cores (docs/training.md).
-    c.train.checkpoint_every = 500  # Three checkpoints.
-    c.train.sample_every = 1_500  # One 6x6 grid at the end.
+    c.train.num_steps = 1_000  # Choice: a few minutes on 2 idle CPU cores (docs/training.md).
+    c.train.checkpoint_every = 500  # Two checkpoints.
+    c.train.sample_every = 1_000  # One 6x6 grid at the end.
 
     dd = c.data
     dd.source = "folder"  # Your images: --config.data.folder=/path (JPEG/PNG/WebP/BMP, any size, recursive).

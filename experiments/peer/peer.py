@@ -66,7 +66,7 @@ def train_jax(args: argparse.Namespace) -> dict:
     from sd_jax.train.step import make_train_step
 
     config = photos_config(args.batch_size, args.sample_steps)
-    batches = np.load(args.out / "batches.npy", mmap_mode="r")
+    batches = np.load(args.out / "batches.npy", mmap_mode="r", allow_pickle=False)
     mesh = sharding.make_mesh(config.mesh)
     model = models.build_model(config.model)
     tx = train_state.make_optimizer(config.optimizer)
@@ -128,7 +128,7 @@ def score(out: Path, results: dict, num_samples: int) -> str:
             "| power vs train (2-4 ... 32+ px) | saturation vs train | loss (last 20) |",
             "|" + "---|" * 10]
     for name, r in results.items():
-        samples = np.load(out / name / "samples.npy")
+        samples = np.load(out / name / "samples.npy", allow_pickle=False)
         s = photo_study.score_sets(samples, refs)
         r["scores"] = s
         powers = " ".join(f"{v:.2f}" for k, v in s.items() if k.startswith("train_power_ratio_"))

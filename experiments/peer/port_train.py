@@ -54,7 +54,7 @@ def train(args: argparse.Namespace) -> dict:
     """Trains for `args.seconds` after the first step; returns the measurements."""
     torch.manual_seed(args.seed)
     port = load_port()
-    batches = np.load(args.batches, mmap_mode="r")  # uint8 [steps, B, S, S, 3], flips applied.
+    batches = np.load(args.batches, mmap_mode="r", allow_pickle=False)  # uint8 [steps, B, S, S, 3], flips applied.
     size = batches.shape[2]
     net = port.UViT(**PORT_MODEL)
     diffusion = port.GaussianDiffusion(
