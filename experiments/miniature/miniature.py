@@ -94,12 +94,32 @@ def base_flags(args: argparse.Namespace) -> tuple[str, list[str]]:
     return STUDIES[args.data].config_file(args.size), sweep_lib.override_flags(flags)
 
 
+SCORES = "scores.json"  # A run's cached result, scored with the default sampler steps.
+DEFAULT_SAMPLE_STEPS = 32
+
+
+def scores_file(workdir: Path, sample_steps: int) -> Path:
+    """The run's cached result for `sample_steps` sampler steps (scores.json for the default)."""
+    name = SCORES if sample_steps == DEFAULT_SAMPLE_STEPS else f"scores_{sample_steps}steps.json"
+    return workdir / name
+
+
+def trained_before(workdir: Path) -> dict | None:
+    """The training record (time, rate) of a run already scored with other sampler steps."""
+    for path in sorted(workdir.glob("scores*.json")):
+        result = json.loads(path.read_text())
+        if "train_s" in result:
+            return {k: result[k] for k in ("train_s", "images_per_s")}
+    return None
+
+
 def run_one(study: Study, config_file: str, flags: list[str], overrides: dict, seed: int,
-            workdir: Path, num_samples: int) -> dict:
-    """Trains and scores one run, or explains why it was skipped; cached in scores.json."""
+            workdir: Path, num_samples: int, sample_steps: int) -> dict:
+    """Trains and scores one run, or explains why it was skipped; cached per sampler step
+    count (`scores_file`): a run trained before is only re-scored."""
     from sd_jax.train import loop as trainer
 
-    cached = workdir / "scores.json"
+    cached = scores_file(workdir, sample_steps)
     if cached.is_file():
         return json.loads(cached.read_text())
     try:
@@ -109,15 +129,18 @@ def run_one(study: Study, config_file: str, flags: list[str], overrides: dict, s
     except (UserError, ValueError, KeyError) as e:  # E.g. a transform this version lacks.
         return {"skipped": f"{type(e).__name__}: {e}".splitlines()[0][:200]}
     start = time.time()
-    trainer.train(config, workdir)
-    train_s = time.time() - start
+    trained = trained_before(workdir)
+    if trained is None:
+        trainer.train(config, workdir)
+        trained = {"train_s": time.time() - start, "images_per_s": images_per_second(workdir)}
     if max(checkpoint_samples.checkpoint_steps(workdir)) < config.train.num_steps:
         # The trainer stops early, after saving, on SIGTERM: leave the run unscored (re-running
         # the command resumes it) rather than cache a shorter run as finished.
         raise SystemExit(f"{workdir}: training stopped before step {config.train.num_steps}")
+    scoring = time.time()
     scores = study.score_run(config, workdir, num_samples)
-    result = {**cost, "seed": seed, "train_s": train_s, "eval_s": time.time() - start - train_s,
-              "images_per_s": images_per_second(workdir), "scores": scores}
+    result = {**cost, "seed": seed, **trained, "eval_s": time.time() - scoring,
+              "sample_steps": sample_steps, "scores": scores}
     cached.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
@@ -182,7 +205,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=32, help="training batch per run")
     parser.add_argument("--eval_points", type=int, default=3, help="checkpoints scored per run")
     parser.add_argument("--num_samples", type=int, default=100)
-    parser.add_argument("--sample_steps", type=int, default=32)
+    parser.add_argument("--sample_steps", type=int, default=DEFAULT_SAMPLE_STEPS,
+                        help="sampler steps; a finished run is re-scored, not retrained, "
+                        "under another count")
     parser.add_argument("--tiny", action="store_true", help="test mode: tiny model, 16 px")
     args = parser.parse_args(argv)
     study = STUDIES[args.data]
@@ -220,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
                 workdir = args.out / "runs" / run_name(arm, seed)  # Shared arms run once.
                 print(f"== {ablation}: {arm} seed {seed} -> {workdir}", flush=True)
                 runs.append(run_one(study, config_file, flags, overrides, seed, workdir,
-                                    args.num_samples))
+                                    args.num_samples, args.sample_steps))
                 if "skipped" in runs[-1]:
                     print(f"   skipped: {runs[-1]['skipped']}", flush=True)
                     break

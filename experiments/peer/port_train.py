@@ -54,7 +54,8 @@ def train(args: argparse.Namespace) -> dict:
     """Trains for `args.seconds` after the first step; returns the measurements."""
     torch.manual_seed(args.seed)
     port = load_port()
-    batches = np.load(args.batches, mmap_mode="r", allow_pickle=False)  # uint8 [steps, B, S, S, 3], flips applied.
+    # uint8 [steps, B, S, S, 3], flips applied.
+    batches = np.load(args.batches, mmap_mode="r", allow_pickle=False)
     size = batches.shape[2]
     net = port.UViT(**PORT_MODEL)
     diffusion = port.GaussianDiffusion(
