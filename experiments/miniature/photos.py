@@ -17,8 +17,9 @@ lists params and forward MFLOP per image):
 
 Scores of every checkpoint: SWD per level, power ratio per octave and saturation ratio against
 crops of the held-out photos (`photo_metrics`, as `--mode=eval`), the power and saturation
-ratios against fresh crops of the training photos too, and the held-out v-MSE at fixed logSNRs
-with fixed noise (no sampling noise).
+ratios against fresh crops of the training photos too, and the model as a one-step denoiser of
+held-out crops at fixed logSNRs with fixed noise (no sampling noise): its v-MSE and the power per
+octave of its x0 estimate over the clean crops'.
 """
 
 from __future__ import annotations
@@ -90,8 +91,10 @@ def arms(size: int) -> dict[str, list[tuple[str, dict]]]:
     }
 
 
-def heldout_vmse(params, config, images_u8: np.ndarray) -> dict[str, float]:
-    """v-MSE of the model on `images_u8` at each of HELD_OUT_LOGSNRS, with fixed noise."""
+def heldout_denoising(params, config, images_u8: np.ndarray) -> dict[str, dict]:
+    """The model as a one-step denoiser of `images_u8` at each of HELD_OUT_LOGSNRS (fixed
+    noise): `heldout_vmse` (v-MSE) and `denoised_power` (power per octave of its x0 estimate
+    over the clean images', finest octave first: above 1, noise passed through; below 1, blur)."""
     model = build_model(config.model)
     x0 = jnp.asarray(preprocess.to_float(images_u8))
     eps = jnp.asarray(np.random.default_rng(TRAIN_SEED).standard_normal(x0.shape), jnp.float32)
@@ -99,14 +102,23 @@ def heldout_vmse(params, config, images_u8: np.ndarray) -> dict[str, float]:
     prediction = config.model.prediction
 
     @jax.jit
-    def vmse(logsnr: jax.Array) -> jax.Array:
+    def denoise(logsnr: jax.Array) -> tuple[jax.Array, jax.Array]:
         logsnr_b = jnp.full((len(x0),), logsnr, jnp.float32)
         z = process.diffuse(x0, eps, logsnr_b)
         out = model.apply({"params": params}, z, logsnr_b, labels, train=False)
-        v_hat = process.convert_output(z, out.astype(jnp.float32), logsnr_b, prediction, "v")
-        return jnp.mean(jnp.square(process.from_x0_eps(x0, eps, logsnr_b, "v") - v_hat))
+        out = out.astype(jnp.float32)
+        v_hat = process.convert_output(z, out, logsnr_b, prediction, "v")
+        x0_hat = process.convert_output(z, out, logsnr_b, prediction, "x0")
+        return jnp.mean(jnp.square(process.from_x0_eps(x0, eps, logsnr_b, "v") - v_hat)), x0_hat
 
-    return {f"{lam:g}": float(vmse(jnp.float32(lam))) for lam in HELD_OUT_LOGSNRS}
+    clean = photo_metrics.octave_power((np.asarray(x0) + 1) / 2)
+    out: dict[str, dict] = {"heldout_vmse": {}, "denoised_power": {}}
+    for lam in HELD_OUT_LOGSNRS:
+        vmse, x0_hat = denoise(jnp.float32(lam))
+        power = photo_metrics.octave_power((np.clip(np.asarray(x0_hat), -1, 1) + 1) / 2)
+        out["heldout_vmse"][f"{lam:g}"] = float(vmse)
+        out["denoised_power"][f"{lam:g}"] = [float(r) for r in power / clean]
+    return out
 
 
 def last_logsnr(config) -> float:
@@ -160,7 +172,7 @@ def score_run(config, workdir: Path, num_samples: int) -> list[dict]:
         _, params, mesh, _ = checkpoint_samples.restore_at(workdir, config, step)
         samples = checkpoint_samples.draw(params, config, mesh, labels)
         rows.append({"step": step, **score_sets(samples, refs),
-                     "heldout_vmse": heldout_vmse(params, config, refs["loss"]),
+                     **heldout_denoising(params, config, refs["loss"]),
                      "last_logsnr": last_logsnr(config)})
     grid = samples[:36]
     images.save_png(images.make_grid(grid, ncols=int(math.sqrt(len(grid)))),

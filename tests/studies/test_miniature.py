@@ -103,6 +103,7 @@ def test_tiny_photo_miniature_scores_photo_metrics(tmp_path):
         final = results[f"multiscale / {arm}"][0]["scores"][-1]
         assert final["num_samples"] == 8 and final["swd_avg"] > 0
         assert set(final["heldout_vmse"]) == {f"{v:g}" for v in photos.HELD_OUT_LOGSNRS}
+        assert all(len(p) == 3 and min(p) > 0 for p in final["denoised_power"].values())
         assert f"{final['swd_avg']:.1f}" in rows[arm]
         assert (tmp_path / "grids" / f"{run_name(arm, 0)}.png").is_file()
     assert (tmp_path / "swd_vs_step.png").stat().st_size > 1000
