@@ -124,9 +124,9 @@ def get_config() -> ml_collections.ConfigDict:
     # ----------------------------------------------------------------- data (issue 5)
     c.data = ml_collections.ConfigDict()
     dd = c.data
-    dd.source = "tfds"  # 'tfds' | 'folder' | 'digits' (embedded, no download).
+    dd.source = "tfds"  # 'tfds' | 'folder' | 'digits' | 'photos' (both embedded, no download).
     dd.name = "imagenet2012"  # tfds dataset name.
-    dd.split = "train"  # tfds split to train on (paper: ImageNet train).
+    dd.split = "train"  # tfds split to train on (paper: ImageNet train); 'photos': 'train' | 'test' (held-out photos).
     dd.data_dir = config_dict.placeholder(str)  # tfds data_dir (None: tfds default).
     dd.manual_dir = config_dict.placeholder(str)  # tfds manual download dir (ImageNet tars).
     dd.folder = config_dict.placeholder(str)  # Image folder for source == 'folder'.

@@ -30,6 +30,7 @@ import jax
 import ml_collections
 from etils import epath
 
+from sd_jax.data import photos
 from sd_jax.data.sources import SOURCES
 from sd_jax.diffusion import losses, process, samplers, schedules
 from sd_jax.diffusion.spec import SCHEDULES
@@ -211,6 +212,13 @@ def _check_multiscale_weighting(d: ml_collections.ConfigDict, sizes: list[int]) 
                         f"the scales are {sizes}; give one weight per scale (smallest first)")
 
 
+def _check_data(config: ml_collections.ConfigDict) -> None:
+    data = config.data
+    if data.source == "photos" and data.split not in photos.SPLITS:
+        raise UserError(f"config.data.split={data.split!r}; data.source='photos' has splits "
+                        f"{', '.join(photos.SPLITS)} ('test': the held-out photos)")
+
+
 def _check_mesh(config: ml_collections.ConfigDict) -> None:
     sizes = {axis: config.mesh[axis] for axis in ("data", "fsdp")}
     for axis, size in sizes.items():
@@ -312,6 +320,7 @@ def validate(config: ml_collections.ConfigDict, mode: str,
     _check_values(config)
     _check_model(config)
     _check_diffusion_and_sampling(config)
+    _check_data(config)
     _check_mesh(config)
     _check_applies(config, mode, overridden)
     # The device count matters only where the train step will run (inspect needs no devices).

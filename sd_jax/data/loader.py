@@ -205,9 +205,10 @@ class Loader:
         wait_for_shared_memory_release()
 
 
-def build_source(data_cfg: ml_collections.ConfigDict) -> Source:
-    """The source named by `data_cfg.source` (a key of `sources.SOURCES`)."""
-    return SOURCES[data_cfg.source](data_cfg)
+def build_source(data_cfg: ml_collections.ConfigDict, image_size: int) -> Source:
+    """The source named by `data_cfg.source` (a key of `sources.SOURCES`) for images of
+    `image_size` (`model.image_size`)."""
+    return SOURCES[data_cfg.source](data_cfg, image_size)
 
 
 def build_loader(config: ml_collections.ConfigDict, process_index: int | None = None,
@@ -220,7 +221,7 @@ def build_loader(config: ml_collections.ConfigDict, process_index: int | None = 
         process_count = jax.process_count() if process_count is None else process_count
     batch = config.train.batch_size
     check_divisible(batch, process_count)  # Before building the source, which can be slow.
-    source = build_source(config.data) if source is None else source
+    source = build_source(config.data, config.model.image_size) if source is None else source
     model_classes = config.model.num_classes
     if model_classes and source.num_classes == 0:
         raise UserError(f"the dataset has no class labels (e.g. a flat image folder) but "

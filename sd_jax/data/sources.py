@@ -6,8 +6,9 @@ crops, resizes and converts them. `__getitem__` may raise on a corrupt record: t
 counts it and substitutes another index. Sources are pickled into the loader's worker
 processes, so they hold no open files or threads. The tfds source lives in `tfds_source.py`.
 
-`SOURCES` maps `data.source` to the function that builds the source from `config.data`; a new
-source is one class (or function) and one entry.
+`SOURCES` maps `data.source` to the function that builds the source from `config.data` and the
+model's image size (`model.image_size`; only sources that crop at that size read it); a new
+source is one class (or function) and one entry. The embedded photos live in `photos.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from sd_jax.data.photos import PhotoSource
 from sd_jax.data.tfds_source import TfdsSource
 from sd_jax.errors import UserError
 
@@ -171,20 +173,25 @@ def decode_rgb8(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(image.convert("RGB"))  # Decodes the pixels.
 
 
-def _folder(data_cfg: ml_collections.ConfigDict) -> Source:
+def _folder(data_cfg: ml_collections.ConfigDict, image_size: int) -> Source:
     if not data_cfg.folder:  # A field the user must set on the command line.
         raise UserError("data.source='folder' needs --config.data.folder=/path/to/images")
     return FolderSource(data_cfg.folder)
 
 
-def _tfds(data_cfg: ml_collections.ConfigDict) -> Source:
+def _tfds(data_cfg: ml_collections.ConfigDict, image_size: int) -> Source:
     return TfdsSource(data_cfg.name, split=data_cfg.split, data_dir=data_cfg.data_dir,
                       manual_dir=data_cfg.manual_dir)
 
 
-# `data.source` name -> the source of a (validated) `config.data`.
-SOURCES: dict[str, Callable[[ml_collections.ConfigDict], Source]] = {
-    "digits": lambda data_cfg: digits_source(),  # scikit-learn's 8x8 digits, embedded.
+def _photos(data_cfg: ml_collections.ConfigDict, image_size: int) -> Source:
+    return PhotoSource(image_size, split=data_cfg.split)
+
+
+# `data.source` name -> the source of a (validated) `config.data` at `model.image_size`.
+SOURCES: dict[str, Callable[[ml_collections.ConfigDict, int], Source]] = {
+    "digits": lambda data_cfg, image_size: digits_source(),  # scikit-learn's 8x8 digits.
     "folder": _folder,  # The images in data.folder.
     "tfds": _tfds,  # A prepared tensorflow-datasets dataset (array_record).
+    "photos": _photos,  # Multi-scale crops of the photos scikit-learn / scikit-image ship.
 }

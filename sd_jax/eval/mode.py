@@ -5,8 +5,10 @@ FD-digits / class accuracy / pixel checks when the data are the embedded digits.
         --config.eval.inception_weights=inception_fid.npz \
         --config.eval.reference_npz=VIRTUAL_imagenet512.npz
 
-On `data.source='digits'` the digits scores (`digits_eval`, no download) are always computed
-and Inception only when `config.eval.inception_weights` is set.
+On `data.source='digits'` the digits scores (`digits_eval`, no download) are always computed,
+on 'photos' and 'folder' the photo metrics (`photo_eval`: SWD per level, power per octave,
+saturation, no download); on those three Inception only when `config.eval.inception_weights`
+is set, on tfds always.
 Samples: `config.eval.samples_npz`, default the newest .npz in <workdir>/samples. Results go to
 the console, <workdir>/eval_<samples name>.json and a line of <workdir>/metrics.jsonl. Every
 process computes the statistics (Inception batches split over its local devices); process 0
@@ -27,7 +29,7 @@ from etils import epath
 
 from sd_jax.checkpoints import integrity
 from sd_jax.errors import UserError
-from sd_jax.eval import digits_eval, fid, inception
+from sd_jax.eval import digits_eval, fid, inception, photo_eval
 from sd_jax.io import lock, npz, paths
 
 REF_BATCH_HELP = (
@@ -41,7 +43,9 @@ REF_BATCH_HELP = (
 # config.model fields that change how the network is computed, not what it is.
 COMPUTE_ONLY_FIELDS = ("dtype", "remat", "attention_impl", "dropout", "dropout_max_resolution")
 LOGGED_KEYS = ("fid", "sfid", "inception_score", "inception_score_std", "fd_digits",
-               "class_accuracy", "hf_ratio", "colour_noise", "num_samples", "guidance_scale")
+               "class_accuracy", "hf_ratio", "colour_noise", "num_samples", "guidance_scale",
+               "saturation_ratio")
+LOGGED_PREFIXES = ("swd_", "power_ratio_")  # Photo metrics: one per pyramid level / octave.
 SHOWN_KEYS = ("fid", "sfid", "inception_score", "fd_digits", "class_accuracy", "hf_ratio",
               "colour_noise")
 
@@ -167,7 +171,8 @@ def write_results(workdir: str | os.PathLike, name: str | None, results: dict,
         (workdir / f"eval_{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     if step is None:
         return
-    line = {"step": step, **{f"eval/{k}": results[k] for k in LOGGED_KEYS if k in results}}
+    line = {"step": step, **{f"eval/{k}": v for k, v in results.items()
+                             if k in LOGGED_KEYS or k.startswith(LOGGED_PREFIXES)}}
     paths.append_text(workdir / "metrics.jsonl", json.dumps(line) + "\n")
 
 
@@ -203,7 +208,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_samples_model(samples_path, meta, config)
     check_images(samples_path)  # Every input is checked before any network runs.
     digits = config.data.source == "digits"
-    use_inception = bool(config.eval.inception_weights) or not digits
+    photo = config.data.source in photo_eval.SOURCES
+    use_inception = bool(config.eval.inception_weights) or not (digits or photo)
     if use_inception:
         check_reference(config.eval.reference_npz)
     start = time.time()
@@ -213,11 +219,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if digits:
         results.update(digits_eval.evaluate_npz(samples_path, config.eval.digits_classifier,
                                                 config.model.num_classes))
+    if photo:
+        results.update(photo_eval.evaluate_npz(samples_path, config.data))
     results = {**meta, **results, "samples": str(samples_path),  # Measured values win.
                "seconds": round(time.time() - start, 1)}
     write_results(workdir, samples_path.stem, results,
                   metrics_step(workdir, meta.get("step"), samples_path.stem))
     if jax.process_index() == 0:
         shown = ", ".join(f"{k}={results[k]:.4g}" for k in SHOWN_KEYS if k in results)
-        print(f"eval {samples_path.name} ({results['num_samples']} images): {shown}", flush=True)
+        head = f"eval {samples_path.name} ({results['num_samples']} images): "
+        if shown:
+            print(head + shown, flush=True)
+        if photo:
+            print(head + photo_eval.summary(results), flush=True)
     return results
