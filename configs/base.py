@@ -146,6 +146,8 @@ def get_config() -> ml_collections.ConfigDict:
     e.is_splits = 10  # Inception Score splits (improved-GAN / ADM: 10 for 50k).
     e.sfid = True  # Also sFID (ADM: mixed_6/conv features); needs mu_s/sigma_s in the reference.
     e.fid_method = "sqrtm"  # 'sqrtm' (pytorch-fid / ADM recipe) | 'eigh' (same trace, ~10x faster).
+    e.from_shards = False  # --mode=eval: FID of a sampling job's shards as they complete (docs/sampling.md).
+    e.poll_secs = 0.0  # With from_shards: seconds between looks for new shards (0: score those present once).
     e.fid_every = 0  # Steps between small FIDs during training (0: never).
     e.fid_num_samples = 5_000  # Samples for the periodic FID (FID-5k: biased up vs FID-50k).
     return c

@@ -147,8 +147,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, mode: str,
         sample_mode.run(config, workdir)
     else:
         from sd_jax.eval import mode as eval_mode
+        from sd_jax.eval import partial
 
-        eval_mode.run(config, workdir)
+        (partial.run if config.eval.from_shards else eval_mode.run)(config, workdir)
 
 
 def run_cli(

@@ -81,7 +81,8 @@ _POSITIVE = (  # Counts, periods and sizes: a 0 would divide by zero or do nothi
 _NON_NEGATIVE = (
     "seed",  # numpy's generators (data order, labels) take no negative seed.
     "model.num_res_blocks", "model.transformer_depth",
-    "train.sample_every", "eval.fid_every", "optimizer.warmup_steps", "optimizer.weight_decay",
+    "train.sample_every", "eval.fid_every", "eval.poll_secs", "optimizer.warmup_steps",
+    "optimizer.weight_decay",
     "train.microbatch_size",  # 0: no gradient accumulation.
     "data.num_workers",  # 0: decode in the training process.
     "optimizer.grad_clip", "optimizer.eps", "sample.guidance_scale",
@@ -256,6 +257,9 @@ APPLIES: dict[str, tuple[_Rule, str]] = {
                                "data.source='digits' (FD-digits)"),
     "eval.samples_npz": (lambda _, mode: mode == "eval", "--mode=eval"),
     "eval.fid_num_samples": (lambda c, _: c.eval.fid_every > 0, "eval.fid_every > 0"),
+    "eval.from_shards": (lambda _, mode: mode == "eval", "--mode=eval"),
+    "eval.poll_secs": (lambda c, mode: mode == "eval" and c.eval.from_shards,
+                       "--mode=eval with eval.from_shards=True"),
     "sample.labels": (lambda c, _: c.model.num_classes > 0,
                       "a class-conditional model (model.num_classes > 0)"),
     "sample.guidance_logsnr_min": _GUIDANCE, "sample.guidance_logsnr_max": _GUIDANCE,
@@ -323,6 +327,10 @@ def validate(config: ml_collections.ConfigDict, mode: str,
     _check_data(config)
     _check_mesh(config)
     _check_applies(config, mode, overridden)
+    if mode == "eval" and config.eval.from_shards and not config.eval.inception_weights:
+        raise UserError("config.eval.from_shards=True streams Inception statistics: set "
+                        "eval.inception_weights (FD-digits and the photo metrics need the "
+                        "finished .npz)")
     # The device count matters only where the train step will run (inspect needs no devices).
     check_microbatch(config.train, jax.device_count() if mode == "train" else None)
     if mode == "sample":

@@ -38,8 +38,8 @@ from jax.sharding import Mesh
 from sd_jax import sharding, specs
 from sd_jax.checkpoints import integrity
 from sd_jax.errors import UserError
-from sd_jax.io import images, lock, npz, paths
-from sd_jax.sample import cost, restore, shards
+from sd_jax.io import images, lock, npz, paths, shards
+from sd_jax.sample import cost, restore
 from sd_jax.sample.generate import Sampler
 
 SAMPLE_MODE_RNG = 3  # fold_in tag (trainer: 1 = train noise, 2 = periodic sample grids).

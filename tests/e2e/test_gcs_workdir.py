@@ -98,7 +98,7 @@ cfg = tiny_config(**{"sample.num_samples": 12})  # Two batches of 8, the second 
 # continues from the first batch's shard in the bucket.
 from unittest import mock
 from sd_jax.io import paths
-from sd_jax.sample import shards as sample_shards
+from sd_jax.io import shards as sample_shards
 write_shard = sample_shards.ShardFolder.write
 def crash_on_second(folder, index, images):
     if index == 1:

@@ -31,9 +31,9 @@ from configs import quickstart
 from sd_jax import models, sharding
 from sd_jax.checkpoints import checkpointer as checkpointing
 from sd_jax.errors import UserError
+from sd_jax.io import shards as sample_shards
 from sd_jax.sample import mode as sample_mode
 from sd_jax.sample import restore
-from sd_jax.sample import shards as sample_shards
 from sd_jax.train import state as train_state
 
 TINY = config_args(tiny_config(**TWO_STEP_RUN))
