@@ -51,7 +51,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     s = c.sample
     s.num_samples = 100  # --mode=sample: ten of each digit.
-    s.num_steps = 128  # Sampler steps (base: 512); plenty at 16x16.
+    s.sampler = "dpmpp_2m_sde"  # Measured on this config's 1,500-step run, 500 samples at guidance 3:
+    # FD-digits 66.7 at 32 steps vs DDPM's 66.9 at 256 and 71.7 at 32; unguided 39.2 vs 42.5
+    # (experiments/nfe/README.md). DDPM (the paper's): --config.sample.sampler=ddpm.
+    s.num_steps = 32  # Sampler steps = network evaluations (base: 512 DDPM steps).
     s.guidance_scale = 3.0  # 1 + w with w = 2: crisp, recognisable classes from a small model.
     s.batch_size = 80  # Divisible by 1, 2, 4, 8 or 16 devices (the last batch is padded).
     s.labels = "0,1,2,3,4,5,6,7,8,9"  # Class ids cycled over the samples.

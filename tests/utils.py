@@ -84,6 +84,7 @@ def tiny_config(**overrides):
     t.num_steps, t.batch_size, t.log_every, t.checkpoint_every = 6, 8, 1, 3
     t.sample_every, t.tensorboard, t.keep_checkpoints = 0, False, 5
     c.sample.num_steps, c.sample.batch_size, c.sample.num_samples = 4, 8, 8
+    c.sample.sampler = "ddpm"  # What the tests' expectations were written for (noise_param...).
     c.optimizer.warmup_steps = 2
     for path, value in overrides.items():
         node = c

@@ -84,6 +84,7 @@ def base_flags(args: argparse.Namespace) -> tuple[str, list[str]]:
              "train.keep_checkpoints": args.eval_points + 1, "train.sample_every": 0,
              "train.tensorboard": False, "train.log_every": max(1, min(50, steps // 4)),
              "train.batch_size": args.batch_size,
+             "sample.sampler": "ddpm",  # The sampler of the documented results.
              "sample.num_steps": args.sample_steps}
     if args.tiny:  # Tiny widths (tests/utils.py tiny_config's): compiles and steps in seconds.
         flags.update({"model.image_size": 16, "model.input_transform": "dwt2",

@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from sd_jax.checkpoints import integrity
-from sd_jax.errors import UserError
+from sd_jax.errors import AbandonedWrites, UserError
 from sd_jax.io import paths
 
 CHECKPOINT_DIR = "checkpoints"
@@ -208,7 +208,7 @@ class Checkpointer:
             step, self.pending = self.pending, None
             latest = self.manager.latest_step()
             kept = f"step {latest}" if latest is not None else "none yet"
-            raise UserError(
+            raise AbandonedWrites(
                 f"saving the checkpoint of step {step} in {self.directory} failed: "
                 f"{_save_cause(e)}; training stopped. The newest complete checkpoint ({kept}) "
                 "is untouched: free space or fix access, then rerun to resume from it") from e

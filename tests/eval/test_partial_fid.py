@@ -122,5 +122,5 @@ def test_errors_before_any_work(job, tmp_path):
     with pytest.raises(UserError, match="from_shards=True streams Inception statistics"):
         validate(config, "eval")
     config.eval.from_shards = False
-    with pytest.raises(UserError, match="eval.poll_secs=0.0 would be ignored: only --mode=eval with"):
+    with pytest.raises(UserError, match="poll_secs=0.0 would be ignored: only --mode=eval with"):
         validate(config, "eval", overridden=["eval.poll_secs"])
