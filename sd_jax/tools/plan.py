@@ -311,7 +311,7 @@ def format_plan(result: dict[str, Any]) -> str:
 
 # Where to go when a config does not fit on a CPU, by data source.
 SMALLER_CONFIGS = {
-    "folder": "--config=configs/photos.py (your own images at 64 px, sized for a CPU)",
+    "folder": "--config=configs/folder_cpu.py (your own images at 64 px, sized for a CPU)",
     "digits": "--config=configs/quickstart.py (sized for a CPU)",
 }
 

@@ -89,7 +89,7 @@ def test_a_config_too_big_for_this_cpu_is_refused_naming_a_smaller_one(monkeypat
                        r"machine's .* GiB: use --config=configs/quickstart.py \(sized for a CPU\)"):
         plan.check_fits_host(config)
     config.data.source, config.data.folder = "folder", "/my/images"
-    with pytest.raises(UserError, match=r"use --config=configs/photos.py \(your own images"):
+    with pytest.raises(UserError, match=r"use --config=configs/folder_cpu.py \(your own images"):
         plan.check_fits_host(config)
 
 
@@ -100,5 +100,5 @@ def test_folder_small_on_a_cpu_refuses_to_start_naming_the_smaller_config(tmp_pa
     proc = run_launch(["--config=configs/folder_small.py", f"--workdir={tmp_path / 'run'}",
                        f"--config.data.folder={tmp_path}", "--config.train.batch_size=4096"])
     assert_one_line_error(proc, "training this config on this CPU needs about",
-                          "use --config=configs/photos.py (your own images at 64 px")
+                          "use --config=configs/folder_cpu.py (your own images at 64 px")
     assert not (tmp_path / "run").exists()  # Before any work.
