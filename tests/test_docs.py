@@ -50,3 +50,11 @@ def test_every_relative_link_resolves():
             if "://" not in target and not (page.parent / target).exists():
                 broken.append((page.relative_to(REPO).as_posix(), target))
     assert broken == []
+
+
+def test_every_named_test_file_exists():
+    """A page that cites a test by path (`tests/eval/test_fid.py::...`) names a real file."""
+    named = [(page.name, path) for page in PAGES
+             for path in re.findall(r"tests/[\w/]*test_\w+\.py", page.read_text())]
+    assert len(named) > 10, named
+    assert [(page, path) for page, path in named if not (REPO / path).is_file()] == []
