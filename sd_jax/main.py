@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 from absl import logging
 
-from sd_jax.errors import AbandonedWrites, UserError
+from sd_jax.errors import UserError
 from sd_jax.io.paths import check_reachable, is_uri
 
 # Launchers whose processes `jax.distributed.initialize()` finds on its own (its docstring: "If
@@ -171,8 +171,4 @@ def run_cli(
         run(config, workdir, mode, overridden)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        if isinstance(e, AbandonedWrites):  # Everything that could be saved is; with-blocks
-            sys.stdout.flush()  # (locks) have exited. Skip the interpreter's shutdown, in
-            sys.stderr.flush()  # which the failed writes' threads print their tracebacks.
-            os._exit(1)
         sys.exit(1)

@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from sd_jax.checkpoints import integrity
-from sd_jax.errors import AbandonedWrites, UserError
+from sd_jax.errors import UserError
 from sd_jax.io import paths
 
 CHECKPOINT_DIR = "checkpoints"
@@ -73,10 +73,31 @@ _QUIET = _QuietOrbaxFailures()
 
 def _quiet_orbax_failures() -> None:
     """Installs `_QuietOrbaxFailures` for the rest of the process (asyncio logs at exit):
-    on absl's logger, which orbax logs through, and on asyncio's."""
+    on absl's logger, which orbax logs through, and on asyncio's; and `_closed_loop_hook`."""
     for logger in (logging.get_absl_logger(), py_logging.getLogger("asyncio")):
         if _QUIET not in logger.filters:
             logger.addFilter(_QUIET)
+    if getattr(sys.unraisablehook, "__wrapped__", None) is None:
+        sys.unraisablehook = _closed_loop_hook(sys.unraisablehook)
+
+
+def _closed_loop_hook(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """sys.unraisablehook without the 'Event loop is closed' errors of a failed save:
+    TensorStore completes the abandoned writes on its own threads after orbax has closed their
+    event loop, and each completion callback's error is reported as unraisable (~240
+    tracebacks for a full disk under load). Only that error, raised inside asyncio's own
+    frames, is dropped, and nothing at --verbosity=0 (INFO) or more."""
+
+    def hook(info: Any) -> None:
+        frames = traceback.extract_tb(info.exc_traceback) if info.exc_traceback else []
+        closed_loop = (info.exc_type is RuntimeError
+                       and str(info.exc_value) == "Event loop is closed" and frames
+                       and all(f"{os.sep}asyncio{os.sep}" in f.filename for f in frames))
+        if not closed_loop or py_logging.getLogger().getEffectiveLevel() <= py_logging.INFO:
+            previous(info)
+
+    hook.__wrapped__ = previous
+    return hook
 
 
 def _save_cause(error: BaseException) -> str:
@@ -208,7 +229,7 @@ class Checkpointer:
             step, self.pending = self.pending, None
             latest = self.manager.latest_step()
             kept = f"step {latest}" if latest is not None else "none yet"
-            raise AbandonedWrites(
+            raise UserError(
                 f"saving the checkpoint of step {step} in {self.directory} failed: "
                 f"{_save_cause(e)}; training stopped. The newest complete checkpoint ({kept}) "
                 "is untouched: free space or fix access, then rerun to resume from it") from e

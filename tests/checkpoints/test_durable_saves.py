@@ -112,3 +112,37 @@ def test_checkpoint_saved_is_printed_once_the_checkpoint_is_final(tmp_path, cach
         proc.communicate()
     assert saved.endswith(f": {workdir / 'checkpoints' / str(stopped)}")
     assert on_disk == [str(stopped)], on_disk  # Committed, no temporary directory left.
+
+
+def test_only_closed_loop_errors_of_abandoned_writes_are_dropped():
+    """The unraisable hook a saving Checkpointer installs drops RuntimeError('Event loop is
+    closed') raised in asyncio's frames (TensorStore completing a failed save's writes after
+    orbax closed their loop: ~240 tracebacks under load) and passes everything else on."""
+    import asyncio
+    import types
+
+    from sd_jax.checkpoints import checkpointer
+
+    seen = []
+    hook = checkpointer._closed_loop_hook(seen.append)
+
+    def unraisable(fn, *args):
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001 - what an unraisable report carries.
+            return types.SimpleNamespace(exc_type=type(e), exc_value=e,
+                                         exc_traceback=e.__traceback__.tb_next, object=None)
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    closed = unraisable(loop.call_soon_threadsafe, print)
+    hook(closed)
+    assert seen == []  # Dropped.
+
+    def ours():
+        raise RuntimeError("Event loop is closed")
+
+    other = unraisable(ours)  # Same message, raised outside asyncio: kept.
+    hook(other)
+    hook(unraisable(divmod, 1, 0))
+    assert [info.exc_type for info in seen] == [RuntimeError, ZeroDivisionError]
