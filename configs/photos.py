@@ -9,7 +9,7 @@ Unconditional, on random multi-scale crops of the photos scikit-learn and scikit
 scores the samples against crops of the held-out photos (SWD, power per octave, saturation).
 The paper's recipe unchanged where it applies: v output and v-MSE, RGB, the LeGall 5/3 DWT
 level 2 in front of the U-ViT, logSNR clipped at +-15, the schedule shifted to the base
-resolution 64 (at 64 px the plain cosine). Sized for about 10 minutes on 2 CPU cores;
+resolution 64 (at 64 px the plain cosine). Sized for about 11 minutes on 2 CPU cores;
 docs/results.md ("Photo miniature") measures it.
 """
 
@@ -52,7 +52,7 @@ def get_config(size: str = "64") -> ml_collections.ConfigDict:
     d.multiscale = False  # Paper: multiscale loss only at 512 and 1024.
 
     t = c.train
-    t.num_steps = steps  # About 10 minutes on 2 idle CPU cores (docs/results.md).
+    t.num_steps = steps  # 64 px: 11 min 24 s wall on 2 idle CPU cores (docs/results.md).
     t.batch_size = 32  # CPU-sized batch (paper: 2048).
     t.checkpoint_every = steps // 2  # Two checkpoints.
     t.sample_every = steps  # One grid at the end.
