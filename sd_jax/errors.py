@@ -7,4 +7,3 @@ class UserError(Exception):
     `launch.py` prints the message as a single line and exits non-zero, without a
     traceback. Raise it with a message that says what to do.
     """
-

@@ -61,7 +61,7 @@ class _QuietOrbaxFailures(py_logging.Filter):
     --verbosity=0 (INFO) or more."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        if not record.exc_info or py_logging.getLogger().getEffectiveLevel() <= py_logging.INFO:
+        if not record.exc_info or _verbose():
             return True
         frames = traceback.extract_tb(record.exc_info[2]) if record.exc_info[2] else []
         through_orbax = any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
@@ -81,6 +81,25 @@ def _quiet_orbax_failures() -> None:
         sys.unraisablehook = _closed_loop_hook(sys.unraisablehook)
 
 
+def _verbose() -> bool:
+    """--verbosity=0 (INFO) or more: library tracebacks are shown, not filtered."""
+    return py_logging.getLogger().getEffectiveLevel() <= py_logging.INFO
+
+
+def _unraisable_filter(previous: Callable[[Any], None],
+                       drop: Callable[[Any, list[traceback.FrameSummary]], bool]
+                       ) -> Callable[[Any], None]:
+    """An unraisable hook that passes to `previous` every report `drop(info, frames)` rejects."""
+
+    def hook(info: Any) -> None:
+        frames = traceback.extract_tb(info.exc_traceback) if info.exc_traceback else []
+        if not drop(info, frames):
+            previous(info)
+
+    hook.__wrapped__ = previous
+    return hook
+
+
 def _closed_loop_hook(previous: Callable[[Any], None]) -> Callable[[Any], None]:
     """sys.unraisablehook without the 'Event loop is closed' errors of a failed save:
     TensorStore completes the abandoned writes on its own threads after orbax has closed their
@@ -88,16 +107,12 @@ def _closed_loop_hook(previous: Callable[[Any], None]) -> Callable[[Any], None]:
     tracebacks for a full disk under load). Only that error, raised inside asyncio's own
     frames, is dropped, and nothing at --verbosity=0 (INFO) or more."""
 
-    def hook(info: Any) -> None:
-        frames = traceback.extract_tb(info.exc_traceback) if info.exc_traceback else []
-        closed_loop = (info.exc_type is RuntimeError
-                       and str(info.exc_value) == "Event loop is closed" and frames
-                       and all(f"{os.sep}asyncio{os.sep}" in f.filename for f in frames))
-        if not closed_loop or py_logging.getLogger().getEffectiveLevel() <= py_logging.INFO:
-            previous(info)
+    def closed_loop(info: Any, frames: list[traceback.FrameSummary]) -> bool:
+        return (info.exc_type is RuntimeError and str(info.exc_value) == "Event loop is closed"
+                and bool(frames) and all(f"{os.sep}asyncio{os.sep}" in f.filename
+                                         for f in frames) and not _verbose())
 
-    hook.__wrapped__ = previous
-    return hook
+    return _unraisable_filter(previous, closed_loop)
 
 
 def _save_cause(error: BaseException) -> str:
@@ -127,13 +142,8 @@ def _quiet_abandoned_reads() -> Iterator[None]:
     Python would print each, when collected, as an 'Exception ignored' traceback of a TensorStore
     spec. The failure is reported in one line instead, so those (and only orbax's) are dropped."""
     previous = sys.unraisablehook
-
-    def hook(info: Any) -> None:
-        frames = traceback.extract_tb(info.exc_traceback) if info.exc_traceback else []
-        if not any("orbax" in frame.filename for frame in frames):
-            previous(info)
-
-    sys.unraisablehook = hook
+    sys.unraisablehook = _unraisable_filter(
+        previous, lambda _, frames: any("orbax" in frame.filename for frame in frames))
     try:
         yield
     finally:

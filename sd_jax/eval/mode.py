@@ -62,13 +62,18 @@ def check_images(path: str | os.PathLike, what: str = "samples") -> tuple[int, .
     """Raises UserError unless `arr_0` is uint8 [N, H, W, 1 or 3] (read from its header only, so
     before any Inception work); returns its shape."""
     shape, dtype = npz.array_header(path, "arr_0", what)
-    if len(shape) != 4 or shape[-1] not in (1, 3):
-        raise UserError(f"{what} {path}: arr_0 has shape {shape}; expected [N, H, W, 3] "
-                        "(ADM format)")
-    if dtype != np.uint8:
-        raise UserError(f"{what} {path}: arr_0 is {dtype}; expected uint8 images in [0, 255] "
-                        "(ADM format; float images in [0, 1] would be scored as nearly black)")
+    check_image_array(shape, dtype, f"{what} {path}: arr_0")
     return shape
+
+
+def check_image_array(shape: tuple[int, ...], dtype: np.dtype, what: str) -> None:
+    """Raises UserError (naming `what`) unless an array of `shape` and `dtype` is uint8
+    [N, H, W, 1 or 3] images."""
+    if len(shape) != 4 or shape[-1] not in (1, 3):
+        raise UserError(f"{what} has shape {shape}; expected [N, H, W, 3] (ADM format)")
+    if dtype != np.uint8:
+        raise UserError(f"{what} is {dtype}; expected uint8 images in [0, 255] (ADM format; "
+                        "float images in [0, 1] would be scored as nearly black)")
 
 
 def image_stats(path: str | os.PathLike, extract_fn: fid.ExtractFn, batch_size: int,

@@ -112,9 +112,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     while True:
         before = stats.count
         for images in stream.new_images():
-            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-                raise UserError(f"{stream.shards.path}: a shard of {images.dtype} "
-                                f"{images.shape}, not uint8 [N, H, W, 3] images")
+            eval_mode.check_image_array(images.shape, images.dtype,
+                                        f"a shard in {stream.shards.path}")
             stats.add(images)
         if stats.count > before or not results:
             results = partial_results(stats, reference, config.eval, stream, start)
