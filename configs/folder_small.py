@@ -17,7 +17,7 @@ Memory (plan mode, `--config=folder_small --mode=plan --config.plan.devices=1
 `--config.model.remat=transformer` (16.42 GiB); `remat=all` needs 4.63 GiB.
 It is a GPU recipe: on a CPU, training refuses to start when plan mode says it will not fit in
 the machine's memory (26.6 GiB > 23.5 GiB on the 2-core VM this was written on), naming
-configs/photos.py, the own-images recipe sized for a CPU.
+configs/folder_cpu.py, the own-images recipe sized for a CPU.
 """
 
 import ml_collections

@@ -297,7 +297,6 @@ def _check_applies(config: ml_collections.ConfigDict, mode: str,
                             "applies)")
 
 
-
 def check_microbatch(train_cfg: ml_collections.ConfigDict, num_devices: int | None) -> None:
     """UserError unless `train.microbatch_size` (a GLOBAL micro-batch; 0 = none) divides
     `train.batch_size` and, given `num_devices`, is divisible by it (each micro-batch is split
